@@ -1,0 +1,55 @@
+# diffbook: every target sets up what it needs, on a machine that has only Python 3.11 and pip.
+#   make book        build the book into _build/html (renders committed notebook outputs, no execution)
+#   make test        unit tests, notebooks in the quick profile (nbval), then a strict book build
+#   make lint        ruff on the whole tree
+#   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
+#   make bench       micro-benchmarks of the package on this machine
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.diffbook-installed
+NB     ?= notebooks
+JOBS   ?= 2
+
+export MPLBACKEND ?= Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: install book test unit nbtest lint notebooks bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first and pinned, so the package's lower bound is met without a new download.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -e ".[book,metrics,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+book: install
+	$(BIN)/jupyter-book build . --builder html --warningiserror --keep-going
+
+unit: install
+	$(BIN)/python -m pytest tests -n $(JOBS)
+
+nbtest: install
+	DIFFBOOK_PROFILE=quick TQDM_DISABLE=1 $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
+		-n $(JOBS) --ignore=_build -p no:cacheprovider
+
+test: unit nbtest book
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests benchmarks
+
+notebooks: install
+	DIFFBOOK_PROFILE=book $(BIN)/python -m diffbook notebooks $(NB)
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""Data: two-dimensional toy distributions (some with closed-form densities) and image datasets."""
+
+from diffbook.data.images import (
+    IMAGE_DATASETS,
+    DatasetNotFoundError,
+    ImageDatasetSpec,
+    ImageTransform,
+    class_names,
+    info,
+    load_image_dataset,
+)
+from diffbook.data.toy2d import (
+    TOY_DATASETS,
+    Banana,
+    Checkerboard,
+    Density,
+    GaussianMixture,
+    density,
+    eight_gaussians_mixture,
+    gaussian,
+    has_density,
+    sample_toy,
+    twenty_five_gaussians_mixture,
+)
+
+__all__ = [
+    "IMAGE_DATASETS",
+    "TOY_DATASETS",
+    "Banana",
+    "Checkerboard",
+    "DatasetNotFoundError",
+    "Density",
+    "GaussianMixture",
+    "ImageDatasetSpec",
+    "ImageTransform",
+    "class_names",
+    "density",
+    "eight_gaussians_mixture",
+    "gaussian",
+    "has_density",
+    "info",
+    "load_image_dataset",
+    "sample_toy",
+    "twenty_five_gaussians_mixture",
+]

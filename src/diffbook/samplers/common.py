@@ -1,0 +1,48 @@
+"""What every sampler shares: the denoiser it calls, its output, and its trajectory bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+DenoiserFn = Callable[..., Tensor]
+"""``denoiser(x, sigma, class_labels) -> x0_hat`` in variance-exploding coordinates, as ``diffusion.Denoiser``."""
+
+
+@dataclass
+class SamplerOutput:
+    """Samples, the number of network evaluations spent on them, and optionally the path they took.
+
+    ``trajectory[k]: (B, ...)`` is the state at noise level ``trajectory_sigmas[k]`` in variance-preserving
+    coordinates ``x / sqrt(1 + sigma^2)``, so trajectories of every sampler share one scale.
+    """
+
+    samples: Tensor
+    nfe: int
+    trajectory: list[Tensor] | None = None
+    trajectory_sigmas: list[float] = field(default_factory=list)
+
+
+class TrajectoryRecorder:
+    """Collects states for :class:`SamplerOutput` when asked to; costs nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.states: list[Tensor] | None = [] if enabled else None
+        self.sigmas: list[float] = []
+
+    def __call__(self, x_ve: Tensor, sigma: float) -> None:
+        if self.states is not None:
+            self.states.append((x_ve / (1 + sigma**2) ** 0.5).cpu())
+            self.sigmas.append(sigma)
+
+    def output(self, samples: Tensor, nfe: int) -> SamplerOutput:
+        return SamplerOutput(samples, nfe, self.states, self.sigmas if self.states is not None else [])
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its own device."""
+    gen_device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)

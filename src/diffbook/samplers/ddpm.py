@@ -1,0 +1,119 @@
+"""Samplers on a discrete DDPM schedule: ancestral sampling (Ho et al. 2020) and DDIM (Song et al. 2021).
+
+Both run on a subsequence of the ``T`` training steps ("respacing"), so the number of network evaluations
+(NFE) is the number of steps chosen. They take any denoiser ``D(x; sigma)``: at step ``t`` the VP state
+``x_t`` is divided by ``sqrt(alpha_bar_t)`` before the call, and ``eps_hat`` is recovered exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diffbook.diffusion.ddpm import DDPM
+from diffbook.diffusion.parametrization import from_x0
+from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, randn_like
+
+Spacing = Literal["linspace", "leading", "trailing"]
+
+
+def timesteps(T: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
+    """A decreasing subsequence of ``{0, ..., T-1}`` with ``steps`` entries.
+
+    ``linspace`` spans both ends; ``leading`` is DDIM's ``0, T/steps, ...``; ``trailing`` starts at ``T-1``
+    and steps down by ``T/steps`` (Lin et al. 2024 recommend it with zero terminal SNR).
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, T={T}], got {steps}")
+    if spacing == "linspace":
+        ts = torch.linspace(0, T - 1, steps).round().long()
+    elif spacing == "leading":
+        ts = torch.arange(steps) * (T // steps)
+    elif spacing == "trailing":
+        ts = (torch.arange(T, 0, -T / steps).round().long() - 1).flip(0)
+    else:
+        raise ValueError(f"spacing must be 'linspace', 'leading' or 'trailing', got {spacing!r}")
+    return sorted(set(ts.tolist()), reverse=True)
+
+
+def _step_quantities(process: DDPM, t: int, x_t: Tensor, denoiser: DenoiserFn, class_labels) -> tuple:
+    alpha_bar = float(process.alpha_bar[t])
+    sigma = float(process.sigmas[t])
+    x0 = denoiser(x_t / alpha_bar**0.5, sigma, class_labels)
+    return alpha_bar, x0
+
+
+@torch.no_grad()
+def ddpm_sample(
+    denoiser: DenoiserFn,
+    process: DDPM,
+    noise: Tensor,
+    steps: int | None = None,
+    variance: Literal["large", "small"] = "large",
+    class_labels: Tensor | None = None,
+    clip_denoised: float | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+) -> SamplerOutput:
+    """Ancestral sampling from ``x_T = noise: (B, ...)``.
+
+    ``variance='large'`` is ``sigma_t^2 = beta_t`` (Ho et al.'s CIFAR-10 choice), ``'small'`` the posterior
+    variance ``beta~_t``. The last step returns the posterior mean. ``clip_denoised`` clamps ``x0_hat`` to
+    ``[-c, c]`` (DDPM clips images to [-1, 1]). NFE = number of steps (``T`` by default).
+    """
+    ts = timesteps(process.T, steps or process.T)
+    record = TrajectoryRecorder(return_trajectory)
+    x = noise
+    for i, t in enumerate(ts):
+        alpha_bar, x0 = _step_quantities(process, t, x, denoiser, class_labels)
+        record(x / alpha_bar**0.5, float(process.sigmas[t]))
+        if clip_denoised is not None:
+            x0 = x0.clamp(-clip_denoised, clip_denoised)
+        alpha_bar_prev = float(process.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        beta = 1 - alpha_bar / alpha_bar_prev
+        mean = (alpha_bar_prev**0.5 * beta * x0 + (1 - beta) ** 0.5 * (1 - alpha_bar_prev) * x) / (1 - alpha_bar)
+        if i + 1 == len(ts):
+            x = mean
+        else:
+            var = beta if variance == "large" else beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
+            x = mean + var**0.5 * randn_like(x, generator)
+    record(x, 0.0)
+    return record.output(x, nfe=len(ts))
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoiser: DenoiserFn,
+    process: DDPM,
+    noise: Tensor,
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: Spacing = "linspace",
+    class_labels: Tensor | None = None,
+    clip_denoised: float | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+) -> SamplerOutput:
+    """DDIM from ``x_T = noise: (B, ...)``; ``eta = 0`` is deterministic, ``eta = 1`` matches DDPM's posterior.
+
+    ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - s^2) eps_hat + s z`` with
+    ``s = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev)``. NFE = ``steps``.
+    """
+    ts = timesteps(process.T, steps, spacing)
+    record = TrajectoryRecorder(return_trajectory)
+    x = noise
+    for i, t in enumerate(ts):
+        alpha_bar, x0 = _step_quantities(process, t, x, denoiser, class_labels)
+        record(x / alpha_bar**0.5, float(process.sigmas[t]))
+        if clip_denoised is not None:
+            x0 = x0.clamp(-clip_denoised, clip_denoised)
+        eps = from_x0(x0, "eps", x, alpha_bar**0.5, (1 - alpha_bar) ** 0.5)
+        alpha_bar_prev = float(process.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        s = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
+        x = alpha_bar_prev**0.5 * x0 + max(1 - alpha_bar_prev - s**2, 0.0) ** 0.5 * eps
+        if s > 0:
+            x = x + s * randn_like(x, generator)
+    record(x, 0.0)
+    return record.output(x, nfe=len(ts))

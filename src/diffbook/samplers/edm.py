@@ -1,0 +1,70 @@
+"""EDM's samplers (Karras et al. 2022, Algorithms 1-2): Euler and Heun on the probability-flow ODE
+``dx/dsigma = (x - D(x; sigma)) / sigma``, optionally with "churn" (stochastic noise injection)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, randn_like
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """``steps`` noise levels ``sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min``, then ``sigma_N = 0``.
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``. Float64, (N+1,).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not 0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.no_grad()
+def edm_sample(
+    denoiser: DenoiserFn,
+    noise: Tensor,
+    sigmas: Tensor,
+    solver: Literal["heun", "euler"] = "heun",
+    class_labels: Tensor | None = None,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = float("inf"),
+    S_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+) -> SamplerOutput:
+    """Integrate from ``x = sigmas[0] * noise`` (``noise: (B, ...)`` standard normal) to ``sigmas[-1] = 0``.
+
+    With ``N = len(sigmas) - 1`` steps, Euler costs ``N`` evaluations and Heun ``2N - 1`` (the last step to
+    ``sigma = 0`` is Euler only). ``S_churn > 0`` raises the noise level by ``gamma = min(S_churn/N, sqrt2 - 1)``
+    for ``sigma`` in ``[S_min, S_max]`` before each step.
+    """
+    if solver not in ("heun", "euler"):
+        raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
+    sigmas = sigmas.tolist()
+    steps = len(sigmas) - 1
+    record = TrajectoryRecorder(return_trajectory)
+    x = noise * sigmas[0]
+    nfe = 0
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        record(x, sigma)
+        gamma = min(S_churn / steps, 2**0.5 - 1) if S_min <= sigma <= S_max else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + (sigma_hat**2 - sigma**2) ** 0.5 * S_noise * randn_like(x, generator)
+        slope = (x - denoiser(x, sigma_hat, class_labels)) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * slope
+        nfe += 1
+        if solver == "heun" and sigma_next > 0:
+            slope_next = (x_next - denoiser(x_next, sigma_next, class_labels)) / sigma_next
+            x_next = x + (sigma_next - sigma_hat) * (slope + slope_next) / 2
+            nfe += 1
+        x = x_next
+    record(x, 0.0)
+    return record.output(x, nfe)

@@ -1,0 +1,33 @@
+"""Exponential moving average of parameters, with EDM's half-life measured in images."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_decay(halflife_images: float, batch_size: int) -> float:
+    """Per-step decay ``0.5 ** (batch / half-life)``: the average forgets at the same rate per image seen,
+    whatever the batch size."""
+    if halflife_images <= 0:
+        raise ValueError(f"the EMA half-life must be positive, got {halflife_images}")
+    return 0.5 ** (batch_size / halflife_images)
+
+
+class EMA:
+    """A frozen copy of ``model`` whose parameters trail the live ones; buffers are copied as they are."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_b.copy_(b)

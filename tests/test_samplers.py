@@ -1,0 +1,142 @@
+"""Every sampler, driven by the exact denoiser of known data, must reproduce that data's distribution."""
+
+import pytest
+import torch
+
+from diffbook.diffusion import DDPM
+from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, timesteps
+
+MEAN = torch.tensor([1.0, -0.5])
+STD = 0.5
+N = 20_000
+
+
+def gaussian_denoiser(x, sigma, class_labels=None):
+    """``E[x0 | x0 + sigma n]`` for ``x0 ~ N(MEAN, STD^2 I)``: shrink towards the mean by ``s^2/(s^2+sigma^2)``."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
+    return MEAN + STD**2 / (STD**2 + sigma**2) * (x - MEAN)
+
+
+def _noise(seed=0):
+    return torch.randn(N, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _assert_gaussian(samples, mean_tol=0.02, std_rtol=0.03):
+    assert torch.isfinite(samples).all()
+    assert (samples.mean(0) - MEAN).abs().max() < mean_tol, samples.mean(0)
+    assert (samples.std(0) / STD - 1).abs().max() < std_rtol, samples.std(0)
+
+
+PROCESS = DDPM()
+# Step counts are where each sampler's discretisation error on this Gaussian is below the tolerances
+# (EDM's rho = 7 grid spends most of 18 steps below sigma = 0.1, so Heun needs about 50 here).
+SAMPLERS = {
+    "ddpm-large-1000": lambda g: ddpm_sample(gaussian_denoiser, PROCESS, _noise(), generator=g),
+    "ddpm-large-250": lambda g: ddpm_sample(gaussian_denoiser, PROCESS, _noise(), 250, "large", generator=g),
+    "ddpm-small-1000": lambda g: ddpm_sample(gaussian_denoiser, PROCESS, _noise(), 1000, "small", generator=g),
+    "ddim-eta0-200": lambda g: ddim_sample(gaussian_denoiser, PROCESS, _noise(), 200),
+    "ddim-trailing-200": lambda g: ddim_sample(gaussian_denoiser, PROCESS, _noise(), 200, spacing="trailing"),
+    "edm-heun-50": lambda g: edm_sample(gaussian_denoiser, _noise(), karras_sigmas(50)),
+    "edm-euler-200": lambda g: edm_sample(gaussian_denoiser, _noise(), karras_sigmas(200), solver="euler"),
+    "edm-heun-churn-64": lambda g: edm_sample(
+        gaussian_denoiser, _noise(), karras_sigmas(64), S_churn=30, S_min=0.05, S_max=50, generator=g
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_exact_denoiser_reproduces_the_gaussian(name):
+    out = SAMPLERS[name](torch.Generator().manual_seed(1))
+    _assert_gaussian(out.samples)
+
+
+def test_ddim_with_eta_one_is_ancestral_sampling_with_the_posterior_variance():
+    x = _noise()[:256]
+    ddim = ddim_sample(gaussian_denoiser, PROCESS, x, 50, eta=1.0, generator=torch.Generator().manual_seed(5))
+    ddpm = ddpm_sample(gaussian_denoiser, PROCESS, x, 50, "small", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ddim.samples, ddpm.samples)
+
+
+@pytest.mark.parametrize(("solver", "order"), [("euler", 1), ("heun", 2)])
+def test_deterministic_edm_samplers_converge_to_the_exact_flow_map_at_their_order(solver, order):
+    """For Gaussian data the probability-flow ODE is linear: ``x(sigma) - mu`` scales as
+    ``sqrt(s^2 + sigma^2)``, so each noise vector has a known destination. Doubling the steps must divide the
+    error by about ``2^order``."""
+    noise = _noise()[:512]
+    exact = MEAN + (80 * noise - MEAN) * STD / (STD**2 + 80**2) ** 0.5
+    errors = [
+        (edm_sample(gaussian_denoiser, noise, karras_sigmas(n), solver=solver).samples - exact).abs().max()
+        for n in (32, 64)
+    ]
+    assert 2**order * 0.8 < errors[0] / errors[1] < 2**order * 1.25
+
+
+@pytest.mark.parametrize(
+    ("run", "nfe"),
+    [
+        (lambda: ddpm_sample(gaussian_denoiser, PROCESS, _noise()[:4]), 1000),
+        (lambda: ddpm_sample(gaussian_denoiser, PROCESS, _noise()[:4], steps=37), 37),
+        (lambda: ddim_sample(gaussian_denoiser, PROCESS, _noise()[:4], steps=10), 10),
+        (lambda: edm_sample(gaussian_denoiser, _noise()[:4], karras_sigmas(18)), 35),
+        (lambda: edm_sample(gaussian_denoiser, _noise()[:4], karras_sigmas(40)), 79),
+        (lambda: edm_sample(gaussian_denoiser, _noise()[:4], karras_sigmas(18), solver="euler"), 18),
+    ],
+)
+def test_samplers_report_their_function_evaluations(run, nfe):
+    assert run().nfe == nfe
+
+
+def test_nfe_counts_real_denoiser_calls():
+    calls = []
+
+    def counting(x, sigma, class_labels=None):
+        calls.append(sigma)
+        return gaussian_denoiser(x, sigma)
+
+    out = edm_sample(counting, _noise()[:4], karras_sigmas(7))
+    assert out.nfe == len(calls) == 13
+
+
+def test_exact_score_reproduces_unequal_mixture_weights():
+    """A 1D mixture with weights 0.6 / 0.3 / 0.1: the ODE must carry each mode's mass to that mode."""
+    means, std = torch.tensor([-2.0, 0.0, 2.5]), 0.15
+    weights = torch.tensor([0.6, 0.3, 0.1])
+
+    def mixture_denoiser(x, sigma, class_labels=None):
+        var = std**2 + torch.as_tensor(sigma, dtype=x.dtype) ** 2
+        logits = weights.log() - (x - means) ** 2 / (2 * var)
+        resp = logits.softmax(dim=-1)
+        return (resp * (means + std**2 / var * (x - means))).sum(-1, keepdim=True)
+
+    noise = torch.randn(N, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    samples = edm_sample(mixture_denoiser, noise, karras_sigmas(32)).samples
+    assigned = (samples - means).abs().argmin(dim=1)
+    observed = torch.bincount(assigned, minlength=3) / N
+    torch.testing.assert_close(observed, weights, atol=0.015, rtol=0)
+
+
+def test_trajectory_runs_from_noise_to_the_samples():
+    out = edm_sample(gaussian_denoiser, _noise()[:16], karras_sigmas(10), return_trajectory=True)
+    assert len(out.trajectory) == 11 and out.trajectory_sigmas[0] == pytest.approx(80.0)
+    torch.testing.assert_close(out.trajectory[-1], out.samples)
+    # In VP coordinates the starting state is unit-variance noise, whatever sigma_max is.
+    torch.testing.assert_close(out.trajectory[0], _noise()[:16] * 80 / (1 + 80**2) ** 0.5)
+    assert ddim_sample(gaussian_denoiser, PROCESS, _noise()[:4], 5).trajectory is None
+
+
+def test_karras_sigmas_endpoints_and_order():
+    sigmas = karras_sigmas(18)
+    assert sigmas.shape == (19,) and sigmas[-1] == 0
+    assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002)
+    assert (sigmas.diff() < 0).all()
+    with pytest.raises(ValueError):
+        karras_sigmas(0)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_timestep_spacings(spacing):
+    ts = timesteps(1000, 50, spacing)
+    assert len(ts) == 50 and ts == sorted(ts, reverse=True) and 0 <= ts[-1] and ts[0] <= 999
+    assert {"linspace": (999, 0), "leading": (980, 0), "trailing": (999, 19)}[spacing] == (ts[0], ts[-1])
+    with pytest.raises(ValueError, match="steps"):
+        timesteps(10, 11, spacing)
