@@ -4,6 +4,7 @@
 #   make lint        ruff on the whole tree
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
 #   make bench       micro-benchmarks of the package on this machine
+#   make exercises   students' copies of the notebooks (solutions stubbed out) in students/
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +16,7 @@ JOBS   ?= 2
 export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test unit nbtest lint notebooks bench clean
+.PHONY: install book test unit nbtest lint notebooks exercises bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +37,7 @@ unit: install
 	$(BIN)/python -m pytest tests -n $(JOBS)
 
 nbtest: install
-	DIFFBOOK_PROFILE=quick TQDM_DISABLE=1 $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
+	DIFFBOOK_PROFILE=quick TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
 		-n $(JOBS) --ignore=_build -p no:cacheprovider
 
 test: unit nbtest book
@@ -47,6 +48,9 @@ lint: install
 
 notebooks: install
 	DIFFBOOK_PROFILE=book $(BIN)/python -m diffbook notebooks $(NB)
+
+exercises: install
+	$(BIN)/python -m diffbook exercises --out students
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py

@@ -41,7 +41,7 @@ def test_unknown_prediction_is_an_error():
         to_x0(x0, "mu", x_t, 0.8, 0.6)
 
 
-def test_linear_schedule_is_ddpm_at_t1000_and_the_same_process_at_other_T():
+def test_linear_schedule_is_ddpm_at_1000_steps_and_the_same_process_at_other_step_counts():
     torch.testing.assert_close(DDPM().betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
     # Rescaled betas keep the continuous-time process up to log(1 - beta) ~ -beta, which is coarser at small T.
     for T, tolerance in ((500, 0.02), (100, 0.1)):

@@ -11,7 +11,14 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision import datasets
 
-from diffbook.data.images import IMAGE_DATASETS, DatasetNotFoundError, class_names, info, load_image_dataset
+from diffbook.data.images import (
+    IMAGE_DATASETS,
+    DatasetNotFoundError,
+    class_names,
+    info,
+    load_image_dataset,
+    stack_dataset,
+)
 
 
 def as_signed_unit(pixels: np.ndarray) -> torch.Tensor:
@@ -192,3 +199,11 @@ def test_registry_descriptions():
     assert class_names("celeba") is None
     assert "root/cifar-10-batches-py/data_batch_1" in info("cifar10")
     assert all(spec.default_resolution > 0 and spec.splits[0] == "train" for spec in IMAGE_DATASETS.values())
+
+
+def test_stack_dataset_returns_every_item_once_in_order():
+    dataset = load_image_dataset("digits", resolution=16)
+    images, labels = stack_dataset(dataset)
+    assert images.shape == (1797, 1, 16, 16) and labels.dtype == torch.int64
+    torch.testing.assert_close(images[5], dataset[5][0])
+    assert labels.tolist() == [dataset[k][1] for k in range(len(dataset))]

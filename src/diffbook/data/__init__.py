@@ -8,6 +8,7 @@ from diffbook.data.images import (
     class_names,
     info,
     load_image_dataset,
+    stack_dataset,
 )
 from diffbook.data.toy2d import (
     TOY_DATASETS,
@@ -41,5 +42,6 @@ __all__ = [
     "info",
     "load_image_dataset",
     "sample_toy",
+    "stack_dataset",
     "twenty_five_gaussians_mixture",
 ]

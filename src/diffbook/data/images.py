@@ -348,3 +348,13 @@ def info(name: str) -> str:
         f"{spec.default_resolution}), {classes}; splits {', '.join(spec.splits)}.\n"
         f"Files: {files}\nSource: {spec.source}"
     )
+
+
+def stack_dataset(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    """Every item of a small dataset at once: ``images: (N, C, R, R)`` and ``labels: (N,)`` int64.
+
+    For sets that fit in memory (``digits``, a few thousand images) this transforms each image once, so a CPU
+    training loop indexes a tensor instead of resizing images at every step. Random flips are drawn once here.
+    """
+    images, labels = zip(*(dataset[k] for k in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)

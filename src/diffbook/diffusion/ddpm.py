@@ -45,7 +45,7 @@ def cosine_betas(T: int, offset: float = 0.008, max_beta: float = 0.999) -> Tens
 class DDPM:
     """A discrete variance-preserving process with ``T`` steps and a network parametrisation.
 
-    Attributes (float64, shape ``(T,)``): ``betas``, ``alphas``, ``alpha_bar``, ``sigmas`` (EDM noise levels).
+    Attributes (float64, shape ``(T,)``): ``betas``, ``alpha_bar``, ``sigmas`` (EDM noise levels).
     """
 
     T: int = 1000
@@ -54,6 +54,8 @@ class DDPM:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     betas: Tensor = field(init=False, repr=False)
+    alpha_bar: Tensor = field(init=False, repr=False)
+    sigmas: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.T < 1:
@@ -66,18 +68,9 @@ class DDPM:
             self.betas = cosine_betas(self.T)
         else:
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
-
-    @property
-    def alphas(self) -> Tensor:
-        return 1 - self.betas
-
-    @property
-    def alpha_bar(self) -> Tensor:
-        return torch.cumprod(self.alphas, dim=0)
-
-    @property
-    def sigmas(self) -> Tensor:
-        return ((1 - self.alpha_bar) / self.alpha_bar).sqrt()
+        self.alpha_bar = torch.cumprod(1 - self.betas, dim=0)
+        self.sigmas = ((1 - self.alpha_bar) / self.alpha_bar).sqrt()
+        self._log_sigmas = self.sigmas.log()
 
     @property
     def sigma_min(self) -> float:
@@ -97,7 +90,7 @@ class DDPM:
 
         Exact on the grid; lets EDM's samplers query a DDPM network between its training steps.
         """
-        log_sigmas = self.sigmas.log().to(sigma.device)
+        log_sigmas = self._log_sigmas.to(sigma.device)
         log_sigma = sigma.double().log().clamp(log_sigmas[0], log_sigmas[-1])
         upper = torch.searchsorted(log_sigmas, log_sigma).clamp(1, self.T - 1)
         lo, hi = log_sigmas[upper - 1], log_sigmas[upper]

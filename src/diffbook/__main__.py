@@ -1,0 +1,5 @@
+"""``python -m diffbook``: see :mod:`diffbook.cli`."""
+
+from diffbook.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""Raw networks: shapes, published parameter counts, conditioning, initialisation, gradients, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffbook.nets import (
+    UNET_PRESETS,
+    ConditionEmbedding,
+    FourierEmbedding,
+    SinusoidalEmbedding,
+    TimeMLP,
+    UNet,
+    UNetConfig,
+    unet_preset,
+)
+from diffbook.nets.unet import ResBlock, SelfAttention
+
+SMALL_PRESETS = ("digits16", "digits32")
+DDPMPP_STYLE = dict(resample="resblock", decoder_attn="last", skip_scale=math.sqrt(0.5))
+
+# The papers' counts: DDPM reports 35.7M, EDM's DDPM++ 55.7M (CIFAR-10) and 61.8M (64x64). EDM's networks also
+# hold a 9 -> 128 augmentation-label map (1,152 weights) that this package does not have.
+PUBLISHED_MILLIONS = {
+    "ddpm_cifar10": (35.5, 36.0),
+    "ddpmpp_cifar10": (55.5, 56.5),
+    "ddpmpp_ffhq64": (61.5, 62.1),
+}
+
+
+def num_parameters(config: UNetConfig) -> int:
+    with torch.device("meta"):  # counts without allocating a single weight
+        return sum(p.numel() for p in UNet(config).parameters())
+
+
+def image_batch(config: UNetConfig, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, config.in_channels, config.resolution, config.resolution)
+
+
+# Embeddings
+
+
+def test_sinusoidal_embedding_spans_max_period_and_separates_fractional_labels():
+    emb = SinusoidalEmbedding(16, max_period=10_000)
+    assert emb.freqs[0] == 1 and math.isclose(emb.freqs[-1].item(), 1e-4, rel_tol=1e-5)
+    out = emb(torch.tensor([0.0, 0.25, 0.5]))
+    assert out.shape == (3, 16)
+    assert torch.equal(out[0], torch.cat([torch.zeros(8), torch.ones(8)]))  # sin 0, cos 0
+    assert not torch.allclose(out[1], out[2])
+
+
+def test_fourier_frequencies_are_saved_and_fixed_by_the_seed():
+    torch.manual_seed(0)
+    a = FourierEmbedding(32)
+    torch.manual_seed(0)
+    b = FourierEmbedding(32)
+    assert "freqs" in a.state_dict() and not list(a.parameters())
+    t = torch.randn(4)
+    assert torch.equal(a(t), b(t)) and a(t).shape == (4, 32)
+
+
+def test_condition_embedding_uses_the_null_class_when_labels_are_none():
+    embed = ConditionEmbedding(16, 32, num_classes=10)
+    t = torch.rand(3)
+    assert torch.equal(embed(t), embed(t, torch.full((3,), 10)))
+    assert not torch.allclose(embed(t), embed(t, torch.zeros(3, dtype=torch.long)))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        ConditionEmbedding(16, 32)(t, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="embedding must be one of"):
+        ConditionEmbedding(16, 32, embedding="learned")
+
+
+# TimeMLP
+
+
+def test_time_mlp_default_widths_are_iso_diffusions():
+    net = TimeMLP()
+    widths = [net.layers[0].in_features] + [layer.out_features for layer in net.layers]
+    assert widths + [net.out.out_features] == [2, 128, 128, 128, 2]
+
+
+@pytest.mark.parametrize("embedding", ["sinusoidal", "fourier"])
+def test_time_mlp_output_depends_on_the_noise_label(embedding):
+    torch.manual_seed(0)
+    net = TimeMLP(embedding=embedding)
+    x = torch.randn(8, 2)
+    out = net(x, torch.full((8,), 10.0))
+    assert out.shape == x.shape
+    assert not torch.allclose(out, net(x, torch.full((8,), 500.0)))
+
+
+def test_time_mlp_class_conditional():
+    net = TimeMLP(num_classes=3)
+    x, t = torch.randn(4, 2), torch.rand(4)
+    labels = torch.tensor([0, 1, 2, 3])  # 3 is the null class
+    assert net(x, t, labels).shape == x.shape
+    assert torch.equal(net(x, t), net(x, t, torch.full((4,), 3)))
+
+
+# U-Net
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_MILLIONS))
+def test_paper_presets_match_published_parameter_counts(name):
+    low, high = PUBLISHED_MILLIONS[name]
+    assert low * 1e6 <= num_parameters(unet_preset(name)) <= high * 1e6
+
+
+@pytest.mark.parametrize("name", list(UNET_PRESETS))
+def test_every_preset_maps_images_to_images(name):
+    config = unet_preset(name)
+    device = "cpu" if name in SMALL_PRESETS else "meta"  # the paper presets: shapes only
+    with torch.device(device):
+        net = UNet(config)
+        x = image_batch(config)
+        assert net(x, torch.rand(2)).shape == (2, config.out_channels, config.resolution, config.resolution)
+
+
+@pytest.mark.parametrize("name", SMALL_PRESETS)
+def test_class_conditional_unet_treats_none_as_the_null_class(name):
+    torch.manual_seed(0)
+    config = unet_preset(name, num_classes=10, init_zero=False)
+    net = UNet(config).eval()
+    x, t = image_batch(config, 3), torch.rand(3)
+    assert net.embed.label.num_embeddings == 11
+    assert torch.equal(net(x, t), net(x, t, torch.full((3,), 10)))
+    assert not torch.allclose(net(x, t), net(x, t, torch.tensor([0, 1, 2])))
+
+
+@pytest.mark.parametrize(
+    ("style", "attending"),
+    [({}, ["8x8_block0", "8x8_block1"]), (DDPMPP_STYLE, ["8x8_block1"])],
+    ids=["ddpm", "ddpmpp"],
+)
+def test_ddpm_and_ddpmpp_styles_on_a_small_net(style, attending):
+    config = unet_preset("digits32", channels_per_head=8, **style)
+    net = UNet(config)
+    assert net(image_batch(config), torch.rand(2)).shape == (2, 1, 32, 32)
+    assert [name for name, block in net.dec.items() if getattr(block, "attn", None) is not None] == attending
+    assert net.mid[0].attn.num_heads == 4
+
+
+def test_invalid_configs_and_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="divisible by 2"):
+        UNetConfig(resolution=36, channel_mult=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="attn_resolutions"):
+        UNetConfig(attn_resolutions=(12,))
+    with pytest.raises(ValueError, match="resample"):
+        UNetConfig(resample="pixelshuffle")
+    with pytest.raises(ValueError, match="unknown U-Net preset"):
+        unet_preset("ddpm_imagenet")
+    net = UNet(unet_preset("digits16"))
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 1, 16, 16\)"):
+        net(torch.randn(2, 1, 24, 24), torch.rand(2))
+
+
+def test_zero_init_starts_every_residual_branch_at_identity_and_the_net_at_zero():
+    torch.manual_seed(0)
+    net = UNet(unet_preset("digits32", **DDPMPP_STYLE))
+    x = image_batch(net.config)
+    assert torch.equal(net(x, torch.rand(2)), torch.zeros_like(x))
+
+    s = net.config.skip_scale
+    block = net.enc["32x32_block0"]  # 16 -> 16 channels, no resampling: the skip path is the identity
+    h, emb = torch.randn(2, 16, 32, 32), torch.randn(2, 64)
+    assert isinstance(block.res, ResBlock) and torch.equal(block.res(h, emb), h * s)
+    attn = net.mid[0].attn
+    assert isinstance(attn, SelfAttention)
+    h = torch.randn(2, 32, 8, 8)
+    assert torch.equal(attn(h), h * s)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("digits16", {}),
+        ("digits32", {}),
+        ("digits32", dict(DDPMPP_STYLE, adaptive_scale=True, embedding="fourier")),
+    ],
+    ids=["digits16", "digits32", "digits32-ddpmpp-adaptive-fourier"],
+)
+def test_gradient_reaches_every_parameter(name, overrides):
+    torch.manual_seed(0)
+    # Without init_zero: with it, the zero layers block the gradient to everything before them (see below).
+    config = unet_preset(name, num_classes=4, init_zero=False, **overrides)
+    net = UNet(config)
+    x = image_batch(config, 4)
+    net(x, torch.rand(4), torch.tensor([0, 1, 2, 4])).square().mean().backward()
+    silent = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent
+
+
+def test_default_init_reaches_every_parameter_by_the_third_step():
+    # Step 1 moves only the output conv, step 2 the zero layers ending each branch, step 3 everything.
+    torch.manual_seed(0)
+    net = UNet(unet_preset("digits16"))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = image_batch(net.config, 4)
+    for _ in range(3):
+        opt.zero_grad()
+        (net(x, torch.rand(4)) - x).square().mean().backward()
+        opt.step()
+    assert all(p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+@pytest.mark.parametrize("embedding", ["positional", "fourier"])
+def test_same_seed_same_network_and_output(embedding):
+    def build_and_run() -> tuple[dict, torch.Tensor]:
+        torch.manual_seed(123)
+        net = UNet(unet_preset("digits16", embedding=embedding, init_zero=False)).eval()
+        x = image_batch(net.config)
+        return net.state_dict(), net(x, torch.rand(2))
+
+    (state_a, out_a), (state_b, out_b) = build_and_run(), build_and_run()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert torch.equal(out_a, out_b)
