@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,6 +144,45 @@ def test_book_renders_committed_outputs_with_colab_and_bibliography() -> None:
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", REPOSITORY_URL)
     assert all((ROOT / bib).is_file() for bib in CONFIG["bibtex_bibfiles"])
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no chapter to render yet")
+def test_built_book_renders_citations_launch_buttons_and_committed_figures(tmp_path: Path) -> None:
+    """A real strict build: pages render cited references as links into the bibliography, every notebook page
+    has its Colab button, and the figures committed with a notebook appear on its page."""
+    build = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("jupyter-book")),
+            "build",
+            str(ROOT),
+            "--path-output",
+            str(tmp_path),
+            "--builder",
+            "html",
+            "--warningiserror",
+            "--keep-going",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").is_file()
+    preface = (html / "book" / "preface.html").read_text(encoding="utf-8")
+    assert re.search(r'<a class="reference internal" href="bibliography.html#[^"]+" title="Jonathan Ho', preface)
+    for path in NOTEBOOKS:
+        page = (html / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
+        assert (
+            f"https://colab.research.google.com/github/{REPOSITORY_URL.removeprefix('https://github.com/')}"
+            f"/blob/main/notebooks/{path.name}" in page
+        )
+        figures = sum(
+            "image/png" in output.get("data", {})
+            for cell in code_cells(nbformat.read(path, 4))
+            for output in cell.outputs
+        )
+        assert page.count("<img") >= figures > 0
 
 
 def toc_files() -> set[str]:

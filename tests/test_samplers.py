@@ -11,7 +11,7 @@ STD = 0.5
 N = 20_000
 
 
-def gaussian_denoiser(x, sigma, class_labels=None):
+def gaussian_denoiser(x, sigma):
     """``E[x0 | x0 + sigma n]`` for ``x0 ~ N(MEAN, STD^2 I)``: shrink towards the mean by ``s^2/(s^2+sigma^2)``."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
     return MEAN + STD**2 / (STD**2 + sigma**2) * (x - MEAN)
@@ -89,7 +89,7 @@ def test_samplers_report_their_function_evaluations(run, nfe):
 def test_nfe_counts_real_denoiser_calls():
     calls = []
 
-    def counting(x, sigma, class_labels=None):
+    def counting(x, sigma):
         calls.append(sigma)
         return gaussian_denoiser(x, sigma)
 
@@ -102,7 +102,7 @@ def test_exact_score_reproduces_unequal_mixture_weights():
     means, std = torch.tensor([-2.0, 0.0, 2.5]), 0.15
     weights = torch.tensor([0.6, 0.3, 0.1])
 
-    def mixture_denoiser(x, sigma, class_labels=None):
+    def mixture_denoiser(x, sigma):
         var = std**2 + torch.as_tensor(sigma, dtype=x.dtype) ** 2
         logits = weights.log() - (x - means) ** 2 / (2 * var)
         resp = logits.softmax(dim=-1)
@@ -140,3 +140,23 @@ def test_timestep_spacings(spacing):
     assert {"linspace": (999, 0), "leading": (980, 0), "trailing": (999, 19)}[spacing] == (ts[0], ts[-1])
     with pytest.raises(ValueError, match="steps"):
         timesteps(10, 11, spacing)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda D, y: ddpm_sample(D, PROCESS, _noise()[:4], steps=3, class_labels=y),
+        lambda D, y: ddim_sample(D, PROCESS, _noise()[:4], steps=3, class_labels=y),
+        lambda D, y: edm_sample(D, _noise()[:4], karras_sigmas(3), class_labels=y),
+    ],
+)
+def test_class_labels_reach_the_denoiser_at_every_call(run):
+    labels = torch.tensor([3, 1, 4, 1])
+    seen = []
+
+    def conditional(x, sigma, class_labels):
+        seen.append(class_labels)
+        return gaussian_denoiser(x, sigma)
+
+    run(conditional, labels)
+    assert seen and all(y is labels for y in seen)

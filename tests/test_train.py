@@ -8,6 +8,7 @@ from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.metrics import sliced_wasserstein
 from diffbook.nets.mlp import TimeMLP
 from diffbook.objectives import DenoisingLoss
+from diffbook.progress import progress_bar
 from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
 from diffbook.train import EMA, ema_decay, infinite_batches, train
 
@@ -96,3 +97,10 @@ def test_a_non_finite_loss_stops_training_with_a_clear_message():
             lr=1e-3,
             progress=False,
         )
+
+
+@pytest.mark.parametrize(("env", "enabled", "disabled"), [("", True, False), ("1", True, True), ("", False, True)])
+def test_progress_bars_honour_tqdm_disable(monkeypatch, env, enabled, disabled):
+    monkeypatch.setenv("TQDM_DISABLE", env)
+    with progress_bar(range(3), enabled=enabled) as bar:
+        assert bar.disable is disabled

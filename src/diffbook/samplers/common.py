@@ -9,7 +9,15 @@ import torch
 from torch import Tensor
 
 DenoiserFn = Callable[..., Tensor]
-"""``denoiser(x, sigma, class_labels) -> x0_hat`` in variance-exploding coordinates, as ``diffusion.Denoiser``."""
+"""``denoiser(x, sigma[, class_labels]) -> x0_hat`` in variance-exploding coordinates, as ``diffusion.Denoiser``;
+an unconditional one (an analytic ``GaussianMixture.denoiser``, say) need not take ``class_labels``."""
+
+
+def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float, class_labels: Tensor | None) -> Tensor:
+    """Call ``denoiser`` at a scalar noise level, passing class labels only when there are some."""
+    if class_labels is None:
+        return denoiser(x, sigma)
+    return denoiser(x, sigma, class_labels)
 
 
 @dataclass

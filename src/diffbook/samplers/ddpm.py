@@ -14,7 +14,7 @@ from torch import Tensor
 
 from diffbook.diffusion.ddpm import DDPM
 from diffbook.diffusion.parametrization import from_x0
-from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, randn_like
+from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise, randn_like
 
 Spacing = Literal["linspace", "leading", "trailing"]
 
@@ -41,7 +41,7 @@ def timesteps(T: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
 def _step_quantities(process: DDPM, t: int, x_t: Tensor, denoiser: DenoiserFn, class_labels) -> tuple:
     alpha_bar = float(process.alpha_bar[t])
     sigma = float(process.sigmas[t])
-    x0 = denoiser(x_t / alpha_bar**0.5, sigma, class_labels)
+    x0 = denoise(denoiser, x_t / alpha_bar**0.5, sigma, class_labels)
     return alpha_bar, x0
 
 

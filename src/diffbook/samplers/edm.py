@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, randn_like
+from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise, randn_like
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
@@ -58,11 +58,11 @@ def edm_sample(
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + (sigma_hat**2 - sigma**2) ** 0.5 * S_noise * randn_like(x, generator)
-        slope = (x - denoiser(x, sigma_hat, class_labels)) / sigma_hat
+        slope = (x - denoise(denoiser, x, sigma_hat, class_labels)) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * slope
         nfe += 1
         if solver == "heun" and sigma_next > 0:
-            slope_next = (x_next - denoiser(x_next, sigma_next, class_labels)) / sigma_next
+            slope_next = (x_next - denoise(denoiser, x_next, sigma_next, class_labels)) / sigma_next
             x_next = x + (sigma_next - sigma_hat) * (slope + slope_next) / 2
             nfe += 1
         x = x_next

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
 
+from diffbook.progress import progress_bar
 from diffbook.train.ema import EMA, ema_decay
 
 Objective = Callable[..., dict[str, Tensor]]
@@ -72,7 +72,7 @@ def train(
     device = next(model.parameters()).device
     batches = infinite_batches(data, batch_size, generator)
     model.train()
-    with tqdm(range(steps), desc=desc, disable=None if progress else True) as bar:
+    with progress_bar(range(steps), desc=desc, enabled=progress) as bar:
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
