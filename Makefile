@@ -38,7 +38,7 @@ unit: install
 
 nbtest: install
 	DIFFBOOK_PROFILE=quick TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
-		-n $(JOBS) --ignore=_build -p no:cacheprovider
+		-n $(JOBS) --dist loadfile --ignore=_build -p no:cacheprovider
 
 test: unit nbtest book
 
