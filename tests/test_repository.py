@@ -170,6 +170,8 @@ def test_built_book_renders_citations_launch_buttons_and_committed_figures(tmp_p
     html = tmp_path / "_build" / "html"
     assert (html / "index.html").is_file()
     preface = (html / "book" / "preface.html").read_text(encoding="utf-8")
+    # Formulas render without a network: MathJax is served from the build itself.
+    assert "_static/mathjax/tex-chtml.js" in preface and (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     assert re.search(r'<a class="reference internal" href="bibliography.html#[^"]+" title="Jonathan Ho', preface)
     for path in NOTEBOOKS:
         page = (html / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")

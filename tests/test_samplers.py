@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from diffbook.data import GaussianMixture
 from diffbook.diffusion import DDPM
 from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, timesteps
 
@@ -160,3 +161,28 @@ def test_class_labels_reach_the_denoiser_at_every_call(run):
 
     run(conditional, labels)
     assert seen and all(y is labels for y in seen)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda D, x: edm_sample(D, x, karras_sigmas(40, 0.002, 80.0)),
+        lambda D, x: ddim_sample(D, PROCESS, x, 100),
+        lambda D, x: ddpm_sample(D, PROCESS, x, 250, generator=torch.Generator().manual_seed(4)),
+    ],
+    ids=["edm-heun", "ddim", "ddpm"],
+)
+def test_exact_denoiser_of_a_2d_mixture_reproduces_its_weights(run):
+    """The package's closed-form mixture denoiser, driven through each sampler, puts 50 / 30 / 20 % of the
+    samples on the three modes, each with the component's spread."""
+    mixture = GaussianMixture(
+        means=torch.tensor([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]]),
+        stds=torch.tensor([0.2, 0.3, 0.15]),
+        weights=torch.tensor([0.5, 0.3, 0.2]),
+    )
+    samples = run(mixture.denoiser, torch.randn(N, 2, generator=torch.Generator().manual_seed(5))).samples.float()
+    nearest = torch.cdist(samples, mixture.means).argmin(dim=1)
+    torch.testing.assert_close(torch.bincount(nearest, minlength=3) / N, mixture.weights, atol=0.015, rtol=0)
+    for k in range(3):
+        spread = samples[nearest == k].std(0) / mixture.stds[k]
+        assert (spread - 1).abs().max() < 0.1, (k, spread)
