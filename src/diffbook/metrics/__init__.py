@@ -1,5 +1,22 @@
-"""Metrics: distances between samples and data."""
+"""Metrics: distances between samples and data, on toy 2-D points and on network features."""
 
-from diffbook.metrics.toy import mmd_rbf, sliced_wasserstein
+from diffbook.metrics.fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
+from diffbook.metrics.inception_score import inception_score
+from diffbook.metrics.isotropy import forward_isotropy, isotropy, isotropy_per_sample
+from diffbook.metrics.prdc import prdc
+from diffbook.metrics.toy import mmd_rbf, negative_log_likelihood, sliced_wasserstein
 
-__all__ = ["mmd_rbf", "sliced_wasserstein"]
+__all__ = [
+    "feature_statistics",
+    "fid_from_features",
+    "forward_isotropy",
+    "frechet_distance",
+    "inception_score",
+    "isotropy",
+    "isotropy_per_sample",
+    "kernel_inception_distance",
+    "mmd_rbf",
+    "negative_log_likelihood",
+    "prdc",
+    "sliced_wasserstein",
+]
