@@ -3,14 +3,32 @@
 - ``notebooks [PATHS...]``: execute notebooks in place and save their outputs (directories expand to the
   ``*.ipynb`` files inside them, sorted; default ``notebooks``).
 - ``exercises [--src notebooks] [--out students]``: write the students' copies of the notebooks.
+- ``train --config NAME [key=value ...] [--run-dir DIR] [--dry-run]``: train from a config (see
+  :mod:`diffbook.config`); resumes from ``DIR/checkpoint.pt`` when there is one.
+- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9]``: one image
+  per seed, the same whatever the batch size or number of processes (see :mod:`diffbook.sampling`).
+- ``evaluate --samples DIR --ref NAME|DIR [--metrics fid,kid,is,prdc] [--features digits|inception] [--out JSON]``:
+  feature-space metrics of samples against a dataset of the registry, a folder of images, or (``--ref-stats``)
+  clean-fid's precomputed Inception statistics.
+- ``train-feature-net digits [--out PATH] [--steps N]``: train the digits feature network that ``evaluate`` uses.
+
+Errors a user can fix (an unknown config key, a bad seed range, a missing file) print one line and exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffbook.profiles import PROFILES, current_profile
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Subcommands import their modules when they run: the notebook tools need the `book` extra, which a
 # training cluster does not install.
@@ -37,6 +55,128 @@ def _exercises(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from diffbook.config import build_dataset, build_model, build_objective, build_train_config, load_config, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return 0
+    from diffbook.sampling import preview_fn
+    from diffbook.train import Trainer, cleanup, init_distributed
+
+    run_dir = Path(args.run_dir or default_run_dir(args.config))
+    context = init_distributed(args.device)
+    try:
+        if context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        model = build_model(cfg).to(context.device)
+        objective, dataset, config = build_objective(cfg), build_dataset(cfg), build_train_config(cfg)
+        Trainer(model, objective, dataset, config, run_dir, preview_fn(cfg), desc=str(args.config)).fit()
+    finally:
+        cleanup()
+    if context.is_main:
+        print(f"Trained {args.config}: checkpoint and config in {run_dir}/")
+    return 0
+
+
+def default_run_dir(config: str) -> Path:
+    """``runs/<dataset>-<method>`` for ``<dataset>/<method>`` or ``.../<dataset>/<method>.yaml``."""
+    path = Path(config)
+    return Path("runs") / f"{path.parent.name}-{path.stem}" if path.parent.name else Path("runs") / path.stem
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from diffbook.sampling import parse_int_ranges, sample_to_dir
+
+    seeds = parse_int_ranges(args.seeds)
+    labels = parse_int_ranges(args.class_labels, "class labels") if args.class_labels else None
+    device = args.device or _default_device()
+    npz = sample_to_dir(args.ckpt, args.out, seeds, args.batch, args.config, labels, device)
+    print(f"Wrote samples to {args.out}/ ({npz.name})")
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from diffbook.metrics.features import extract_features, feature_metrics, metrics_needing_reference_features
+    from diffbook.sampling import load_samples
+
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    samples = load_samples(args.samples)
+    net = _feature_net(args.features, args.ref_stats)
+    sample_features, sample_logits = extract_features(net, samples, args.batch)
+    reference_features, reference_statistics = None, None
+    if args.ref_stats:
+        from diffbook.metrics.features import cleanfid_reference_statistics
+
+        reference_statistics = cleanfid_reference_statistics(
+            args.ref, samples.shape[-1], args.ref_stats, args.ref_split
+        )
+    if metrics_needing_reference_features(metrics, from_statistics=reference_statistics is not None):
+        reference_features, _ = extract_features(net, _reference_images(args, samples), args.batch)
+    results = feature_metrics(metrics, sample_features, sample_logits, reference_features, reference_statistics)
+    report = {
+        "metrics": results,
+        "samples": str(args.samples),
+        "num_samples": len(samples),
+        "reference": args.ref,
+        "reference_stats": args.ref_stats,
+        "num_reference": None if reference_features is None else len(reference_features),
+        "features": args.features,
+    }
+    out = Path(args.out or Path(args.samples) / f"metrics-{args.features}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"Saved {out}")
+    return 0
+
+
+def _feature_net(features: str, mode: str | None):
+    from diffbook.metrics.features import InceptionFeatures, load_digits_feature_net
+
+    if features == "digits":
+        if mode:
+            raise ValueError("--ref-stats holds Inception statistics; use it with --features inception")
+        return load_digits_feature_net()
+    return InceptionFeatures(mode or "clean")
+
+
+def _reference_images(args: argparse.Namespace, samples: Tensor) -> Tensor:
+    """``--ref`` as uint8 images at the samples' resolution and channels: a folder, or a registry dataset."""
+    from diffbook.sampling import load_reference, load_samples
+
+    if Path(args.ref).is_dir():
+        return load_samples(args.ref)
+    return load_reference(args.ref, samples.shape[-1], samples.shape[1], args.ref_root, args.ref_split)
+
+
+def _train_feature_net(args: argparse.Namespace) -> int:
+    from diffbook.metrics.features import (
+        DIGITS_WEIGHTS,
+        held_out_accuracy,
+        load_digits_feature_net,
+        save_digits_feature_net,
+        train_digits_feature_net,
+    )
+
+    out = Path(args.out or Path(__file__).parent / DIGITS_WEIGHTS)
+    save_digits_feature_net(train_digits_feature_net(args.steps, args.seed), out)
+    # Measured on the saved (float16) weights, which are what evaluation will use.
+    accuracy = held_out_accuracy(load_digits_feature_net(out))
+    print(f"Saved {out} ({out.stat().st_size / 1024:.0f} KiB); held-out accuracy {accuracy:.1%} on 300 digits")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand stores the function that runs it as ``run``."""
     parser = argparse.ArgumentParser(
@@ -59,10 +199,69 @@ def build_parser() -> argparse.ArgumentParser:
     exercises.add_argument("--src", default="notebooks", help="directory of solution notebooks")
     exercises.add_argument("--out", default="students", help="directory for the students' copies")
     exercises.set_defaults(run=_exercises)
+
+    _add_train(commands)
+    _add_sample(commands)
+    _add_evaluate(commands)
+    _add_train_feature_net(commands)
     return parser
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="train a model from a config")
+    train.add_argument("--config", required=True, help="a shipped config, e.g. digits/edm, or a YAML file")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
+    train.add_argument("--run-dir", default=None, help="checkpoints and config.yaml (default runs/<dataset>-<method>)")
+    train.add_argument("--dry-run", action="store_true", help="print the resolved config as YAML and exit")
+    train.add_argument("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
+    train.set_defaults(run=_train)
+
+
+def _add_sample(commands) -> None:
+    sample = commands.add_parser("sample", help="sample one image per seed from a checkpoint")
+    sample.add_argument("--ckpt", required=True, help="a Trainer checkpoint, e.g. runs/digits-edm/checkpoint.pt")
+    sample.add_argument("--seeds", required=True, help="seeds, e.g. 0-49999 or 0,5,7")
+    sample.add_argument("--out", required=True, help="directory for {seed:06d}.png and samples.npz")
+    sample.add_argument("--batch", type=int, default=256, help="images per batch (deterministic samplers)")
+    sample.add_argument("--config", default=None, help="the run's config (default: config.yaml beside --ckpt)")
+    sample.add_argument("--class-labels", default=None, help="labels cycled by seed, e.g. 0-9: seed k gets k %% 10")
+    sample.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
+    sample.set_defaults(run=_sample)
+
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="FID, KID, IS and PRDC of samples against a reference")
+    evaluate.add_argument("--samples", required=True, help="a directory of sample PNGs (or samples*.npz)")
+    evaluate.add_argument("--ref", required=True, help="an image dataset of the registry, or a directory of PNGs")
+    evaluate.add_argument("--metrics", default="fid,kid,is,prdc", help="comma-separated: fid, kid, is, prdc")
+    evaluate.add_argument("--features", choices=("digits", "inception"), default="digits", help="feature network")
+    evaluate.add_argument("--out", default=None, help="JSON report (default SAMPLES/metrics-FEATURES.json)")
+    evaluate.add_argument("--ref-root", default="data", help="where the reference dataset's files are")
+    evaluate.add_argument("--ref-split", default="train", help="reference split (FID protocols use train)")
+    evaluate.add_argument(
+        "--ref-stats",
+        choices=("clean", "legacy_tensorflow"),
+        default=None,
+        help="FID against clean-fid's precomputed statistics of --ref (e.g. cifar10) in that mode",
+    )
+    evaluate.add_argument("--batch", type=int, default=256, help="images per feature-network call")
+    evaluate.set_defaults(run=_evaluate)
+
+
+def _add_train_feature_net(commands) -> None:
+    feature_net = commands.add_parser("train-feature-net", help="train the digits feature network for evaluate")
+    feature_net.add_argument("dataset", choices=("digits",), help="the only feature network trained here")
+    feature_net.add_argument("--out", default=None, help="weights file (default: the package's committed one)")
+    feature_net.add_argument("--steps", type=int, default=1000, help="Adam steps of 128 images")
+    feature_net.add_argument("--seed", type=int, default=0)
+    feature_net.set_defaults(run=_train_feature_net)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"python -m diffbook {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,6 +1,23 @@
-"""Training: one loop for every objective, and EMA with EDM's half-life in images."""
+"""Training: one loop for every objective, in one process or under ``torchrun``, with resumable checkpoints."""
 
+from diffbook.train.checkpoint import load_checkpoint, save_checkpoint
+from diffbook.train.distributed import DistributedContext, cleanup, init_distributed
 from diffbook.train.ema import EMA, ema_decay
-from diffbook.train.loop import TrainResult, infinite_batches, train
+from diffbook.train.loop import infinite_batches, train
+from diffbook.train.trainer import TrainConfig, Trainer, TrainResult, save_image_grid
 
-__all__ = ["EMA", "TrainResult", "ema_decay", "infinite_batches", "train"]
+__all__ = [
+    "EMA",
+    "DistributedContext",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "cleanup",
+    "ema_decay",
+    "infinite_batches",
+    "init_distributed",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_image_grid",
+    "train",
+]

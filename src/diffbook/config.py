@@ -1,0 +1,318 @@
+"""Experiment configs: YAML files in the package, ``configs/<dataset>/<method>.yaml``, and what they build.
+
+A config has seven sections::
+
+    source     free text: the paper table the config follows
+    data       name (a toy set or an image dataset), n (toy only), resolution, flip, root
+    network    kind (mlp | unet), preset (unet), overrides (UNetConfig fields or TimeMLP arguments)
+    process    kind (ddpm | edm | vp | ve) and that process's fields
+    objective  kind (denoising), label_dropout
+    train      the fields of diffbook.train.TrainConfig (steps, batch_size, lr, warmup_steps, grad_clip, ...)
+    sample     sampler (ddpm | ddim | heun | euler), steps, and that sampler's options
+
+Keys that a section leaves out take the defaults of the class they configure. Every key is checked, so a typo
+anywhere is an error that names the closest valid keys rather than a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from diffbook.data import TOY_DATASETS, load_image_dataset, sample_toy
+from diffbook.diffusion import DDPM, EDM, VE, VP, Denoiser
+from diffbook.nets import TimeMLP, UNet, UNetConfig, unet_preset
+from diffbook.objectives import DenoisingLoss
+from diffbook.samplers import SamplerOutput, ddim_sample, ddpm_sample, edm_sample, karras_sigmas
+from diffbook.train import TrainConfig
+
+Config = dict[str, Any]
+
+PROCESSES: dict[str, type] = {"ddpm": DDPM, "edm": EDM, "vp": VP, "ve": VE}
+
+_EDM_SAMPLER_OPTIONS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "ddpm": ("variance", "clip_denoised"),
+    "ddim": ("eta", "spacing", "clip_denoised"),
+    "heun": _EDM_SAMPLER_OPTIONS,
+    "euler": _EDM_SAMPLER_OPTIONS,
+}
+
+_FIXED_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("source", "data", "network", "process", "objective", "train", "sample"),
+    "data": ("name", "n", "resolution", "flip", "root"),
+    "network": ("kind", "preset", "overrides"),
+    "objective": ("kind", "label_dropout"),
+    "train": tuple(f.name for f in dataclasses.fields(TrainConfig)),
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that reads ``1e-3`` as a float: PyYAML follows YAML 1.1, where a float needs a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*(?:[eE][-+]?\d+)?|\.\d[\d_]*(?:[eE][-+]?\d+)?|\.inf|\.Inf|\.INF|\.nan)$"),
+    list("-+0123456789."),
+)  # Appended after the int resolver, which PyYAML tries first, so "3" stays an int.
+
+
+def parse_value(text: str) -> Any:
+    """A YAML scalar or flow collection: ``3`` -> int, ``1e-3`` -> float, ``null`` -> None, ``[1, 2]`` -> list."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _configs_root() -> resources.abc.Traversable:
+    return resources.files("diffbook") / "configs"
+
+
+def available_configs() -> list[str]:
+    """The shipped config names, ``<dataset>/<method>``, sorted."""
+    return sorted(
+        f"{dataset.name}/{path.name.removesuffix('.yaml')}"
+        for dataset in _configs_root().iterdir()
+        if dataset.is_dir()
+        for path in dataset.iterdir()
+        if path.name.endswith(".yaml")
+    )
+
+
+def _read_config_text(name_or_path: str | Path) -> str:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} not found")
+        return path.read_text()
+    name = str(name_or_path)
+    if name not in available_configs():
+        close = difflib.get_close_matches(name, available_configs(), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown config {name!r}.{hint} Shipped configs: {', '.join(available_configs())}.")
+    return (_configs_root() / f"{name}.yaml").read_text()
+
+
+def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """The config ``name`` (e.g. ``"digits/edm"``) or YAML file, with ``key.sub=value`` overrides applied.
+
+    Values are parsed as YAML (``train.lr=1e-3`` is a float, ``train.grad_clip=null`` is None). Raises
+    ValueError for an unknown key, naming the closest valid ones.
+    """
+    cfg = yaml.load(_read_config_text(name_or_path), Loader=_Loader) or {}
+    for override in overrides:
+        apply_override(cfg, override)
+    check_keys(cfg)
+    return cfg
+
+
+def apply_override(cfg: Config, override: str) -> None:
+    """Set ``cfg[a][b] = value`` in place for ``override = "a.b=value"``; missing sections are created."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"an override is key.sub=value, got {override!r}")
+    *parents, leaf = key.strip().split(".")
+    node = cfg
+    for depth, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {key!r}: {'.'.join(parents[: depth + 1])!r} is a value, not a section")
+    node[leaf] = parse_value(text)
+
+
+def valid_keys(cfg: Config, section: str) -> tuple[str, ...]:
+    """The keys allowed in ``section`` (dotted, ``""`` for the top level); some depend on its ``kind``."""
+    if section in _FIXED_KEYS:
+        return _FIXED_KEYS[section]
+    if section == "process":
+        kind = _kind(cfg, "process", PROCESSES)
+        return ("kind", *(f.name for f in dataclasses.fields(PROCESSES[kind]) if f.init))
+    if section == "sample":
+        sampler = _kind(cfg, "sample", SAMPLER_OPTIONS, key="sampler")
+        return ("sampler", "steps", *SAMPLER_OPTIONS[sampler])
+    if section == "network.overrides":
+        if _kind(cfg, "network", {"mlp": None, "unet": None}) == "unet":
+            return tuple(f.name for f in dataclasses.fields(UNetConfig))
+        return tuple(inspect.signature(TimeMLP).parameters)
+    raise ValueError(f"unknown config section {section!r}")
+
+
+def _kind(cfg: Config, section: str, choices: Iterable[str], key: str = "kind") -> str:
+    value = cfg.get(section, {}).get(key)
+    if value not in choices:
+        raise ValueError(f"{section}.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_keys(cfg: Config, section: str = "") -> None:
+    """Raise ValueError on the first key of ``cfg`` that its section does not allow, naming the closest ones."""
+    node = cfg
+    for part in filter(None, section.split(".")):
+        node = node[part]
+    if not isinstance(node, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {node!r}")
+    allowed = valid_keys(cfg, section)
+    for key, value in node.items():
+        path = f"{section}.{key}" if section else key
+        if key not in allowed:
+            prefix = f"{section}." if section else ""
+            close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.5) or allowed
+            raise ValueError(f"unknown config key {path!r}; closest valid keys: {', '.join(prefix + k for k in close)}")
+        if isinstance(value, dict):
+            check_keys(cfg, path)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML, in its section order."""
+    return yaml.safe_dump(cfg, sort_keys=False, width=120)
+
+
+def _tuples(options: dict[str, Any]) -> dict[str, Any]:
+    """YAML lists as tuples, which the frozen, hashable UNetConfig expects."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def is_toy(cfg: Config) -> bool:
+    """Whether the data are 2-D toy points rather than images."""
+    return cfg["data"]["name"] in TOY_DATASETS
+
+
+def build_network(cfg: Config) -> torch.nn.Module:
+    """The raw network ``net(x, noise_labels, class_labels=None)``."""
+    network = cfg["network"]
+    overrides = _tuples(network.get("overrides") or {})
+    if network["kind"] == "mlp":
+        return TimeMLP(**overrides)
+    unet_config = unet_preset(network["preset"], **overrides)
+    resolution = cfg["data"].get("resolution")
+    if resolution is not None and resolution != unet_config.resolution:
+        raise ValueError(f"data.resolution = {resolution} but the U-Net is built for {unet_config.resolution}")
+    return UNet(unet_config)
+
+
+def build_process(cfg: Config) -> DDPM | EDM | VP | VE:
+    fields = dict(cfg["process"])
+    return PROCESSES[fields.pop("kind")](**fields)
+
+
+def build_model(cfg: Config) -> Denoiser:
+    """The denoiser ``D(x; sigma)``: the network wrapped by the process's preconditioning."""
+    check_keys(cfg)
+    return Denoiser(build_network(cfg), build_process(cfg))
+
+
+def sample_shape(cfg: Config) -> tuple[int, ...]:
+    """The shape of one sample: ``(dim,)`` for toy points, ``(C, R, R)`` for images."""
+    network = cfg["network"]
+    if network["kind"] == "mlp":
+        return ((network.get("overrides") or {}).get("dim", 2),)
+    unet_config = unet_preset(network["preset"], **_tuples(network.get("overrides") or {}))
+    return (unet_config.in_channels, unet_config.resolution, unet_config.resolution)
+
+
+def num_classes(cfg: Config) -> int:
+    """The network's number of classes; 0 for an unconditional model."""
+    overrides = cfg["network"].get("overrides") or {}
+    if cfg["network"]["kind"] == "mlp":
+        return overrides.get("num_classes", 0)
+    return unet_preset(cfg["network"]["preset"], **_tuples(overrides)).num_classes
+
+
+class ImagesOnly(Dataset):
+    """The images of an ``(image, label)`` dataset, for unconditional models, whose networks refuse labels."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.dataset[index][0]
+
+
+def build_dataset(cfg: Config) -> Tensor | Dataset:
+    """Toy points ``(n, 2)`` drawn with ``train.seed``, or an image dataset (labelled only for class-conditional
+    networks) with items ``(C, R, R)`` in [-1, 1]."""
+    data = cfg["data"]
+    if is_toy(cfg):
+        return sample_toy(data["name"], data["n"], seed=cfg["train"].get("seed", 0))
+    dataset = load_image_dataset(
+        data["name"], root=data.get("root", "data"), resolution=data.get("resolution"), flip=data.get("flip", False)
+    )
+    return dataset if num_classes(cfg) else ImagesOnly(dataset)
+
+
+def build_train_config(cfg: Config) -> TrainConfig:
+    return TrainConfig(**cfg["train"])
+
+
+def build_objective(cfg: Config) -> DenoisingLoss:
+    objective = dict(cfg["objective"])
+    if objective.pop("kind") != "denoising":
+        raise ValueError(f"objective.kind must be 'denoising', got {cfg['objective']['kind']!r}")
+    return DenoisingLoss(**objective)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A configured sampler: ``sampler(denoiser, noise, class_labels, generator) -> SamplerOutput``.
+
+    ``noise: (B, ...)`` is standard normal; ``generator`` feeds any noise the sampler adds on the way.
+    """
+
+    name: str
+    steps: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the sampler draws noise after the initial one (and so needs ``generator``)."""
+        if self.name == "ddpm":
+            return True
+        if self.name == "ddim":
+            return self.options.get("eta", 0.0) > 0
+        return self.options.get("S_churn", 0.0) > 0
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        noise: Tensor,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SamplerOutput:
+        if self.name == "ddpm":
+            return ddpm_sample(denoiser, denoiser.process, noise, self.steps, **self._kwargs(class_labels, generator))
+        if self.name == "ddim":
+            return ddim_sample(denoiser, denoiser.process, noise, self.steps, **self._kwargs(class_labels, generator))
+        options = dict(self.options)
+        sigmas = karras_sigmas(
+            self.steps,
+            options.pop("sigma_min", None) or denoiser.process.sigma_min,
+            options.pop("sigma_max", None) or denoiser.process.sigma_max,
+            options.pop("rho", 7.0),
+        )
+        return edm_sample(denoiser, noise, sigmas, self.name, class_labels=class_labels, generator=generator, **options)
+
+    def _kwargs(self, class_labels: Tensor | None, generator: torch.Generator | None) -> dict[str, Any]:
+        return dict(self.options, class_labels=class_labels, generator=generator)
+
+
+def build_sampler(cfg: Config) -> Callable[..., SamplerOutput]:
+    """The sampler of ``cfg["sample"]``; DDPM's and DDIM's need the discrete ``ddpm`` process."""
+    options = dict(cfg["sample"])
+    name, steps = options.pop("sampler"), options.pop("steps")
+    if name in ("ddpm", "ddim") and cfg["process"]["kind"] != "ddpm":
+        raise ValueError(f"the {name} sampler needs process.kind = ddpm, got {cfg['process']['kind']!r}")
+    return Sampler(name, steps, options)

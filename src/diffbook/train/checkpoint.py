@@ -1,0 +1,78 @@
+"""Checkpoints that survive a kill mid-write, and the global random states a bitwise resume needs."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: the file at ``path`` is the old checkpoint or the new one, whole."""
+    _write_atomically(Path(path), lambda file: torch.save(state, file))
+
+
+def copy_checkpoint(source: str | Path, destination: str | Path) -> None:
+    """Copy a checkpoint atomically, so that a snapshot costs a file copy rather than a second serialisation."""
+    with open(source, "rb") as src:
+        _write_atomically(Path(destination), lambda file: shutil.copyfileobj(src, file))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`, on the CPU; ``weights_only`` unpickles no code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global generators (and the current GPU's, once in use)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        # As plain ints, so that loading needs no NumPy globals and stays weights_only.
+        "numpy": (name, keys.tolist(), position, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    # One fixed temporary name beside the target: os.replace is atomic only within a file system, and a file
+    # left by a killed writer is overwritten by the next save instead of piling up. Only rank 0 writes.
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename lives in the directory's entry table; without this a power cut can still undo it. POSIX only.
+    if os.name != "posix":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

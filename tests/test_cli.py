@@ -1,0 +1,155 @@
+"""The command line: train, sample, evaluate and the digits feature network, through ``diffbook.cli.main``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from diffbook.cli import main
+from diffbook.config import build_model, load_config, to_yaml
+from diffbook.metrics.features import (
+    DIGITS_WEIGHTS,
+    InceptionFeatures,
+    InceptionWeightsMissingError,
+    held_out_accuracy,
+    load_digits_feature_net,
+)
+from diffbook.sampling import parse_int_ranges, to_uint8, write_pngs
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    status = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    status, out, _ = _run(capsys, "train", "--config", "digits/edm", "train.steps=3", "train.lr=1e-3", "--dry-run")
+    assert status == 0
+    assert yaml.safe_load(out) == load_config("digits/edm", ["train.steps=3", "train.lr=1e-3"])
+
+
+def test_an_unknown_key_exits_with_the_closest_keys(capsys):
+    status, _, err = _run(capsys, "train", "--config", "digits/edm", "train.stpes=3", "--dry-run")
+    assert status == 2 and "unknown config key 'train.stpes'; closest valid keys: train.steps" in err
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("0-3", [0, 1, 2, 3]), ("0,5,7", [0, 5, 7]), ("2-3, 9", [2, 3, 9])])
+def test_seed_ranges_parse(text, seeds):
+    assert parse_int_ranges(text) == seeds
+
+
+@pytest.mark.parametrize(("text", "reason"), [("3-1", "runs backwards"), ("0-x", "expected"), ("1,1", "twice")])
+def test_bad_seed_ranges_are_clear_errors(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_int_ranges(text)
+
+
+def test_the_committed_feature_net_is_small_and_classifies_held_out_digits():
+    from importlib import resources
+
+    assert (resources.files("diffbook") / DIGITS_WEIGHTS).stat().st_size < 1_000_000
+    assert held_out_accuracy(load_digits_feature_net()) > 0.95
+
+
+def _tiny_run(tmp_path, name: str) -> str:
+    """A run directory holding a random-init model in the Trainer's checkpoint format; returns the checkpoint."""
+    # init_zero=false: a zero-initialised network's output does not depend on its input, a weak test of batching.
+    cfg = load_config(name, ["sample.steps=3", "network.overrides.init_zero=false"])
+    torch.manual_seed(0)
+    run_dir = tmp_path / name.replace("/", "-")
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    torch.save({"model": build_model(cfg).state_dict(), "ema": None, "step": 0}, run_dir / "checkpoint.pt")
+    return str(run_dir / "checkpoint.pt")
+
+
+def _pixels(directory, seed) -> np.ndarray:
+    return np.asarray(Image.open(directory / f"{seed:06d}.png"))
+
+
+@pytest.mark.parametrize("name", ["digits/edm", "digits/ddpm"], ids=["heun", "ddpm-stochastic"])
+def test_image_k_is_the_same_whatever_the_batch_size(tmp_path, capsys, name):
+    ckpt = _tiny_run(tmp_path, name)
+    for batch in (1, 3):
+        status, _, err = _run(
+            capsys, "sample", "--ckpt", ckpt, "--seeds", "0-4", "--batch", batch, "--out", tmp_path / f"b{batch}"
+        )
+        assert status == 0, err
+    for seed in range(5):
+        assert np.array_equal(_pixels(tmp_path / "b1", seed), _pixels(tmp_path / "b3", seed))
+    assert not np.array_equal(_pixels(tmp_path / "b1", 0), _pixels(tmp_path / "b1", 1))
+    arrays = np.load(tmp_path / "b3" / "samples.npz")
+    assert arrays["images"].shape == (5, 16, 16, 1) and arrays["seeds"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    status, _, err = _run(capsys, "sample", "--ckpt", tmp_path / "none.pt", "--seeds", "0-3", "--out", tmp_path)
+    assert status == 2 and "checkpoint" in err and "not found" in err
+
+
+def _digit_folder(directory, split="val") -> None:
+    from diffbook.data import load_image_dataset, stack_dataset
+
+    images, _ = stack_dataset(load_image_dataset("digits", split=split, resolution=16))
+    directory.mkdir()
+    write_pngs(directory, range(len(images)), to_uint8(images))
+
+
+def test_evaluate_gives_zero_for_a_set_and_itself_and_more_against_noise(tmp_path, capsys):
+    digits, noise = tmp_path / "digits", tmp_path / "noise"
+    _digit_folder(digits)
+    noise.mkdir()
+    write_pngs(
+        noise, range(300), to_uint8(torch.rand(300, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    )
+
+    report = tmp_path / "same.json"
+    status, _, err = _run(capsys, "evaluate", "--samples", digits, "--ref", digits, "--out", report)
+    assert status == 0, err
+    same = json.loads(report.read_text())["metrics"]
+    status, _, err = _run(capsys, "evaluate", "--samples", noise, "--ref", digits, "--metrics", "fid,kid")
+    assert status == 0, err
+    against_noise = json.loads((noise / "metrics-digits.json").read_text())["metrics"]
+
+    assert abs(same["fid"]) < 1e-6 and against_noise["fid"] > 10
+    # KID is unbiased for independent sets; a set against itself is slightly negative, but tiny next to noise.
+    assert abs(same["kid"]) < 0.01 * against_noise["kid"]
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert same["is"] > 5  # confident predictions, spread evenly over the ten digits
+
+
+def test_evaluate_against_the_registry_dataset(tmp_path, capsys):
+    # Samples identical to the training digits, quantised as samples are, against --ref digits: FID ~ 0.
+    _digit_folder(tmp_path / "all", split="train")
+    status, out, err = _run(capsys, "evaluate", "--samples", tmp_path / "all", "--ref", "digits", "--metrics", "fid")
+    assert status == 0, err
+    assert abs(json.loads((tmp_path / "all" / "metrics-digits.json").read_text())["metrics"]["fid"]) < 1e-6
+
+
+def test_inception_without_weights_names_the_file_and_the_url(tmp_path, monkeypatch, capsys):
+    with pytest.raises(InceptionWeightsMissingError, match=r"inception-2015-12-05\.pt.*https://nvlabs-fi-cdn"):
+        InceptionFeatures(weights_dir=tmp_path)
+    _digit_folder(tmp_path / "digits")
+    monkeypatch.setenv("DIFFBOOK_INCEPTION_DIR", str(tmp_path))
+    status, _, err = _run(
+        capsys, "evaluate", "--samples", tmp_path / "digits", "--ref", "digits", "--features", "inception"
+    )
+    assert status == 2 and str(tmp_path / "inception-2015-12-05.pt") in err
+
+
+def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
+    run_dir, samples = tmp_path / "run", tmp_path / "samples"
+    overrides = ["train.steps=3", "train.batch_size=8", "train.checkpoint_every=3", "sample.steps=2"]
+    status, _, err = _run(capsys, "train", "--config", "digits/edm", *overrides, "--run-dir", run_dir)
+    assert status == 0, err
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 3
+    status, _, err = _run(capsys, "sample", "--ckpt", run_dir / "checkpoint.pt", "--seeds", "0-3", "--out", samples)
+    assert status == 0, err
+    status, _, err = _run(capsys, "evaluate", "--samples", samples, "--ref", "digits", "--metrics", "fid,kid,is")
+    assert status == 0, err
+    metrics = json.loads((samples / "metrics-digits.json").read_text())["metrics"]
+    assert set(metrics) == {"fid", "kid", "kid_std", "is", "is_std"} and all(np.isfinite(list(metrics.values())))

@@ -1,0 +1,123 @@
+"""Configs: every shipped one builds, the CIFAR-10 ones carry their papers' settings, overrides and typos behave."""
+
+import pytest
+import torch
+
+from diffbook.config import (
+    available_configs,
+    build_dataset,
+    build_model,
+    build_objective,
+    build_sampler,
+    build_train_config,
+    load_config,
+    sample_shape,
+    to_yaml,
+)
+from diffbook.samplers import SamplerOutput
+
+SMALL_CONFIGS = ["toy/ddpm", "toy/edm", "digits/ddpm", "digits/edm"]
+
+
+def test_the_six_configs_ship():
+    assert available_configs() == ["cifar10/ddpm", "cifar10/edm", *SMALL_CONFIGS[2:], *SMALL_CONFIGS[:2]]
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_every_config_builds_its_model_objective_sampler_and_train_config(name):
+    cfg = load_config(name)
+    assert cfg["source"]
+    with torch.device("meta"):  # no memory or init time for the 56 M-parameter networks
+        model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert build_objective(cfg).label_dropout == 0.0
+    assert callable(build_sampler(cfg))
+    assert build_train_config(cfg).steps == cfg["train"]["steps"]
+
+
+@pytest.mark.parametrize("name", SMALL_CONFIGS)
+def test_small_configs_build_their_data_and_sample_with_a_real_model(name):
+    cfg = load_config(name, ["sample.steps=2"])
+    data = build_dataset(cfg)
+    item = data[0]
+    assert item.shape == sample_shape(cfg)  # unconditional: images without labels
+    model = build_model(cfg).eval()
+    noise = torch.randn(3, *sample_shape(cfg))
+    out = build_sampler(cfg)(model, noise, None, torch.Generator().manual_seed(0))
+    assert isinstance(out, SamplerOutput) and out.samples.shape == noise.shape
+
+
+@pytest.mark.parametrize(("name", "millions"), [("cifar10/ddpm", 35.7), ("cifar10/edm", 55.7)])
+def test_cifar10_networks_have_the_papers_sizes(name, millions):
+    with torch.device("meta"):
+        model = build_model(load_config(name))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.1)
+
+
+def test_cifar10_ddpm_follows_ho_et_al():
+    cfg = load_config("cifar10/ddpm")
+    train = cfg["train"]
+    assert (train["batch_size"], train["lr"], train["warmup_steps"], train["grad_clip"]) == (128, 2e-4, 5000, 1.0)
+    assert train["steps"] == 800_000 and cfg["data"]["flip"] is True
+    assert 0.5 ** (train["batch_size"] / train["ema_halflife_images"]) == pytest.approx(0.9999, abs=1e-9)
+    assert cfg["process"] == dict(
+        kind="ddpm", T=1000, schedule="linear", prediction="eps", beta_start=1e-4, beta_end=0.02
+    )
+    assert "Table 1" in cfg["source"] and "3.17" in cfg["source"]
+
+
+def test_cifar10_edm_follows_config_f():
+    cfg = load_config("cifar10/edm")
+    train = cfg["train"]
+    assert (train["batch_size"], train["lr"], train["grad_clip"]) == (512, 1e-3, None)
+    assert train["warmup_steps"] * 512 == pytest.approx(10e6, rel=1e-4)
+    assert train["steps"] * 512 == 200e6 and train["ema_halflife_images"] == 0.5e6
+    assert cfg["network"]["overrides"]["dropout"] == 0.13 and cfg["process"]["kind"] == "edm"
+    assert (cfg["sample"]["sampler"], cfg["sample"]["steps"]) == ("heun", 18)
+    assert "Table 7" in cfg["source"] and "config F" in cfg["source"]
+
+
+def test_overrides_are_parsed_as_yaml_scalars():
+    cfg = load_config(
+        "digits/edm",
+        [
+            "train.lr=1e-3",
+            "train.steps=7",
+            "train.grad_clip=null",
+            "data.flip=true",
+            "network.overrides.channel_mult=[1, 1]",
+        ],
+    )
+    assert cfg["train"]["lr"] == 1e-3 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["steps"] == 7 and cfg["train"]["grad_clip"] is None and cfg["data"]["flip"] is True
+    assert build_model(cfg).net.config.channel_mult == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "unknown", "closest"),
+    [
+        ("train.stpes=3", "train.stpes", "train.steps"),
+        ("process.P_men=0", "process.P_men", "process.P_mean"),  # kind-specific: EDM's fields
+        ("network.overrides.dropuot=0", "network.overrides.dropuot", "network.overrides.dropout"),  # U-Net fields
+        ("sampel.steps=3", "sampel", "sample"),
+    ],
+)
+def test_an_unknown_key_is_an_error_naming_the_closest_valid_keys(override, unknown, closest):
+    with pytest.raises(ValueError, match=rf"unknown config key '{unknown}'; closest valid keys: .*\b{closest}\b"):
+        load_config("digits/edm", [override])
+
+
+def test_an_unknown_config_name_suggests_one():
+    with pytest.raises(ValueError, match="Did you mean 'digits/edm'"):
+        load_config("digit/edm")
+
+
+def test_an_override_without_a_value_is_an_error():
+    with pytest.raises(ValueError, match="key.sub=value"):
+        load_config("toy/edm", ["train.steps"])
+
+
+def test_a_config_file_loads_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(to_yaml(load_config("toy/edm", ["train.steps=9"])))
+    assert load_config(path) == load_config("toy/edm", ["train.steps=9"])
