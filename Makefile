@@ -54,6 +54,8 @@ exercises: install
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/cifar10_training.py --config cifar10/ddpm --batch 8
+	$(BIN)/python benchmarks/cifar10_training.py --config cifar10/edm --batch 8
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache
