@@ -4,7 +4,7 @@ from diffbook.train.checkpoint import load_checkpoint, save_checkpoint
 from diffbook.train.distributed import DistributedContext, cleanup, init_distributed
 from diffbook.train.ema import EMA, ema_decay
 from diffbook.train.loop import infinite_batches, train
-from diffbook.train.trainer import TrainConfig, Trainer, TrainResult, save_image_grid
+from diffbook.train.trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "EMA",
@@ -18,6 +18,5 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "save_checkpoint",
-    "save_image_grid",
     "train",
 ]

@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
@@ -29,7 +27,7 @@ from diffbook.progress import progress_bar
 from diffbook.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from diffbook.train.distributed import all_gather_objects, all_reduce_mean, current_context, wrap_ddp
 from diffbook.train.ema import EMA, ema_decay
-from diffbook.viz import image_grid
+from diffbook.viz import save_image_grid
 
 Objective = Callable[..., dict[str, Tensor]]
 SampleFn = Callable[[nn.Module, int], Tensor | None]
@@ -384,13 +382,6 @@ class Trainer:
         self.model.train()
         if images is not None:
             save_image_grid(images, self.run_dir / "samples" / f"step-{self.step:07d}.png")
-
-
-def save_image_grid(images: Tensor, path: str | Path) -> None:
-    """Save ``images: (N, C, H, W)`` in [-1, 1], C = 1 or 3, as one PNG grid."""
-    pixels = (image_grid(images) * 255).round().astype(np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(path)
 
 
 class _ObjectiveModule(nn.Module):
