@@ -77,6 +77,35 @@ def write_mnist(root, folder: str, rng) -> dict[str, tuple[np.ndarray, np.ndarra
     return written
 
 
+def write_flowers102(root, monkeypatch, rng, ids: dict[str, list[int]]) -> list[int]:
+    """jpg/image_%05d.jpg, imagelabels.mat (1-based labels) and setid.mat (1-based ids per split), with the
+    fakes' md5 sums registered in place of the real files'. Returns the 0-based label of each image."""
+    from scipy.io import savemat
+
+    folder = root / "flowers-102"
+    (folder / "jpg").mkdir(parents=True)
+    count = sum(len(v) for v in ids.values())
+    labels = rng.integers(0, 102, count).tolist()
+    for image_id in range(1, count + 1):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+            folder / "jpg" / f"image_{image_id:05d}.jpg"
+        )
+    savemat(folder / "imagelabels.mat", {"labels": np.array([labels]) + 1})
+    savemat(folder / "setid.mat", {"trnid": ids["train"], "valid": ids["val"], "tstid": ids["test"]})
+    md5 = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in ("imagelabels.mat", "setid.mat")}
+    flowers = datasets.Flowers102
+    monkeypatch.setattr(
+        flowers,
+        "_file_dict",
+        {
+            **flowers._file_dict,
+            "label": ("imagelabels.mat", md5["imagelabels.mat"]),
+            "setid": ("setid.mat", md5["setid.mat"]),
+        },
+    )
+    return labels
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
@@ -101,6 +130,30 @@ def test_digits_fit_and_val_split_the_set():
     fit, val = load_image_dataset("digits", split="fit"), load_image_dataset("digits", split="val")
     assert (len(fit), len(val)) == (1497, 300)
     assert items(val)[1] == load_digits().target[::6].tolist()
+
+
+def test_flowers102_splits_and_all(tmp_path, monkeypatch, rng):
+    ids = {"train": [1, 4], "val": [2, 5], "test": [3, 6, 7]}
+    labels = write_flowers102(tmp_path, monkeypatch, rng, ids)
+    for split, split_ids in ids.items():
+        images, loaded = items(load_image_dataset("flowers102", root=tmp_path, split=split))
+        assert images.shape == (len(split_ids), 3, 64, 64)
+        assert loaded == [labels[i - 1] for i in split_ids]
+    everything = load_image_dataset("flowers102", root=tmp_path, split="all", resolution=32)
+    images, loaded = items(everything)
+    assert images.shape == (7, 3, 32, 32)
+    assert sorted(loaded) == sorted(labels)
+
+
+def test_all_concatenates_a_partition_and_is_refused_where_splits_overlap(tmp_path, monkeypatch, rng):
+    write_cifar10(tmp_path, monkeypatch, rng)
+    train, test = (load_image_dataset("cifar10", root=tmp_path, split=s) for s in ("train", "test"))
+    everything = load_image_dataset("cifar10", root=tmp_path, split="all")
+    assert len(everything) == len(train) + len(test) == 12
+    torch.testing.assert_close(everything[10][0], test[0][0])
+    with pytest.raises(ValueError, match="overlap"):
+        load_image_dataset("digits", split="all")
+    assert "splits train, test, all" in info("cifar10")
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -3,10 +3,10 @@
 A config has seven sections::
 
     source     free text: the paper table the config follows
-    data       name (a toy set or an image dataset), n (toy only), resolution, flip, root
+    data       name (a toy set or an image dataset), n (toy only), split, resolution, flip, root
     network    kind (mlp | unet), preset (unet), overrides (UNetConfig fields or TimeMLP arguments)
     process    kind (ddpm | edm | vp | ve) and that process's fields
-    objective  kind (denoising), label_dropout
+    objective  kind (a key of OBJECTIVES) and the arguments of its builder
     train      the fields of diffbook.train.TrainConfig (steps, batch_size, lr, warmup_steps, grad_clip, ...)
     sample     sampler (ddpm | ddim | heun | euler), steps, and that sampler's options
 
@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from diffbook.data import TOY_DATASETS, load_image_dataset, sample_toy
 from diffbook.diffusion import DDPM, EDM, VE, VP, Denoiser
 from diffbook.nets import TimeMLP, UNet, UNetConfig, unet_preset
-from diffbook.objectives import DenoisingLoss
+from diffbook.objectives import DenoisingLoss, IsoLoss
 from diffbook.samplers import SamplerOutput, ddim_sample, ddpm_sample, edm_sample, karras_sigmas
 from diffbook.train import TrainConfig
 
@@ -50,11 +50,17 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "euler": _EDM_SAMPLER_OPTIONS,
 }
 
+def _iso_loss(weight: float = 0.0, form: str = "batch", label_dropout: float = 0.0) -> IsoLoss:
+    return IsoLoss(weight, form, DenoisingLoss(label_dropout))
+
+
+# kind -> a callable whose keyword arguments are the section's keys.
+OBJECTIVES: dict[str, Callable[..., Callable]] = {"denoising": DenoisingLoss, "iso": _iso_loss}
+
 _FIXED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("source", "data", "network", "process", "objective", "train", "sample"),
-    "data": ("name", "n", "resolution", "flip", "root"),
+    "data": ("name", "n", "split", "resolution", "flip", "root"),
     "network": ("kind", "preset", "overrides"),
-    "objective": ("kind", "label_dropout"),
     "train": tuple(f.name for f in dataclasses.fields(TrainConfig)),
 }
 
@@ -138,6 +144,9 @@ def valid_keys(cfg: Config, section: str) -> tuple[str, ...]:
     if section == "process":
         kind = _kind(cfg, "process", PROCESSES)
         return ("kind", *(f.name for f in dataclasses.fields(PROCESSES[kind]) if f.init))
+    if section == "objective":
+        builder = OBJECTIVES[_kind(cfg, "objective", OBJECTIVES)]
+        return ("kind", *inspect.signature(builder).parameters)
     if section == "sample":
         sampler = _kind(cfg, "sample", SAMPLER_OPTIONS, key="sampler")
         return ("sampler", "steps", *SAMPLER_OPTIONS[sampler])
@@ -249,7 +258,11 @@ def build_dataset(cfg: Config) -> Tensor | Dataset:
     if is_toy(cfg):
         return sample_toy(data["name"], data["n"], seed=cfg["train"].get("seed", 0))
     dataset = load_image_dataset(
-        data["name"], root=data.get("root", "data"), resolution=data.get("resolution"), flip=data.get("flip", False)
+        data["name"],
+        root=data.get("root", "data"),
+        split=data.get("split", "train"),
+        resolution=data.get("resolution"),
+        flip=data.get("flip", False),
     )
     return dataset if num_classes(cfg) else ImagesOnly(dataset)
 
@@ -258,11 +271,10 @@ def build_train_config(cfg: Config) -> TrainConfig:
     return TrainConfig(**cfg["train"])
 
 
-def build_objective(cfg: Config) -> DenoisingLoss:
-    objective = dict(cfg["objective"])
-    if objective.pop("kind") != "denoising":
-        raise ValueError(f"objective.kind must be 'denoising', got {cfg['objective']['kind']!r}")
-    return DenoisingLoss(**objective)
+def build_objective(cfg: Config) -> Callable:
+    """The objective ``objective(model, batch, generator=None) -> dict(loss=..., ...)`` of ``cfg["objective"]``."""
+    arguments = dict(cfg["objective"])
+    return OBJECTIVES[_kind(cfg, "objective", OBJECTIVES)](**{k: v for k, v in arguments.items() if k != "kind"})
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision import datasets
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
@@ -138,7 +138,8 @@ class ImageDatasetSpec:
     ``resolution`` is the native side length (None where sizes vary); ``num_classes`` is None where it is not
     fixed (``imagefolder``: one class per subfolder) or the set is unlabelled (labels are then 0). ``required``
     lists the paths under ``root`` that torchvision needs before it will load; ``source`` says where to get
-    them and how to lay them out.
+    them and how to lay them out. ``partition`` names the splits that hold every image exactly once, which
+    ``split="all"`` concatenates (empty where the splits overlap, as digits' do).
     """
 
     title: str
@@ -152,6 +153,7 @@ class ImageDatasetSpec:
     loader: Loader
     downloadable: bool = True
     classes: tuple[str, ...] | None = None
+    partition: tuple[str, ...] = ()
 
 
 _DIGITS = tuple(str(d) for d in range(10))
@@ -192,6 +194,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         f"the four idx files in root/MNIST/raw/, {_GUNZIP_NOTE}.",
         loader=_load_mnist,
         classes=_DIGITS,
+        partition=("train", "test"),
     ),
     "fashion-mnist": ImageDatasetSpec(
         title="Fashion-MNIST",
@@ -206,6 +209,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         f"{_GUNZIP_NOTE}.",
         loader=_load_fashion_mnist,
         classes=tuple(datasets.FashionMNIST.classes),
+        partition=("train", "test"),
     ),
     "cifar10": ImageDatasetSpec(
         title="CIFAR-10",
@@ -224,6 +228,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         "their md5 sums).",
         loader=_load_cifar10,
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        partition=("train", "test"),
     ),
     "flowers102": ImageDatasetSpec(
         title="Oxford 102 Flowers",
@@ -237,6 +242,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         "root/flowers-102/ (giving jpg/), with imagelabels.mat and setid.mat beside it; reading them needs scipy.",
         loader=_load_flowers102,
         classes=tuple(datasets.Flowers102.classes),
+        partition=("train", "val", "test"),
     ),
     "oxford-pets": ImageDatasetSpec(
         title="Oxford-IIIT Pet",
@@ -249,6 +255,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         source="https://www.robots.ox.ac.uk/~vgg/data/pets/: images.tar.gz and annotations.tar.gz extracted in "
         "root/oxford-iiit-pet/ (giving images/ and annotations/); 'train' is the official 'trainval'.",
         loader=_load_oxford_pets,
+        partition=("train", "test"),
     ),
     "celeba": ImageDatasetSpec(
         title="CelebA",
@@ -313,14 +320,26 @@ def load_image_dataset(
 ) -> Dataset:
     """The dataset ``name`` with items ``(image: (C, R, R) float32 in [-1, 1], label: int)``.
 
+    ``split`` is one of ``info(name)``'s splits, or ``"all"`` for every image of a partitioned set once.
+
     ``R`` is ``resolution`` or the dataset's default (``info(name)``); ``C`` is ``channels`` or the dataset's
     own (RGB to grey by luminance, grey to RGB by repetition); ``flip`` adds random horizontal flips. Files are
     read from ``root`` and fetched only when ``download=True``; otherwise missing files raise
     :class:`DatasetNotFoundError` saying where they go and where to get them.
     """
     spec = _spec(name)
+    if split == "all":
+        if not spec.partition:
+            raise ValueError(f"{name!r} has no split 'all': its splits {', '.join(spec.splits)} overlap.")
+        return ConcatDataset(
+            [
+                load_image_dataset(name, root, part, resolution, flip, download, channels=channels)
+                for part in spec.partition
+            ]
+        )
     if split not in spec.splits:
-        raise ValueError(f"{name!r} has no split {split!r}; its splits are {', '.join(spec.splits)}.")
+        valid = spec.splits + (("all",) if spec.partition else ())
+        raise ValueError(f"{name!r} has no split {split!r}; its splits are {', '.join(valid)}.")
     root = Path(root).expanduser()
     # Checked here rather than left to torchvision so that the error says where the files go and where to get them.
     if not (download and spec.downloadable):
@@ -343,9 +362,10 @@ def info(name: str) -> str:
     native = f"{spec.resolution} x {spec.resolution}" if spec.resolution else "varying size"
     classes = f"{spec.num_classes} classes" if spec.num_classes else "classes from the files, or unlabelled"
     files = ", ".join(str(Path("root") / path) for path in spec.required) or "none"
+    splits = ", ".join(spec.splits + (("all",) if spec.partition else ()))
     return (
         f"{spec.title} ({name!r}): {spec.channels} channel(s), {native} (default resolution "
-        f"{spec.default_resolution}), {classes}; splits {', '.join(spec.splits)}.\n"
+        f"{spec.default_resolution}), {classes}; splits {splits}.\n"
         f"Files: {files}\nSource: {spec.source}"
     )
 

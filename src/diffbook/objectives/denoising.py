@@ -39,8 +39,9 @@ class DenoisingLoss:
     def __call__(
         self, model: Denoiser, batch: Tensor | tuple, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """``batch``: ``x0: (B, ...)`` or ``(x0, labels: (B,))``. Returns ``loss`` (scalar), ``sigma`` and
-        ``per_sample`` loss, both ``(B,)``, detached, for logging."""
+        """``batch``: ``x0: (B, ...)`` or ``(x0, labels: (B,))``. Returns ``loss`` (scalar); ``eps_pred: (B, ...)``,
+        the noise the model predicts, still attached to the graph so that a penalty can be added on top (see
+        :mod:`diffbook.objectives.iso`); ``sigma`` and ``per_sample`` loss, both ``(B,)`` and detached, for logs."""
         x0, labels = split_batch(batch)
         sigma = model.process.sample_sigma(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=_device(generator, x0)).to(x0)
@@ -48,7 +49,13 @@ class DenoisingLoss:
         out, (c_skip, c_out, _, _) = model.raw(x, sigma, self._drop_labels(model, labels, generator))
         target = (x0 - c_skip * x) / c_out
         per_sample = (out - target).square().flatten(1).mean(dim=1)
-        return {"loss": per_sample.mean(), "per_sample": per_sample.detach(), "sigma": sigma.detach()}
+        eps_pred = (x - c_skip * x - c_out * out) / append_dims(sigma, x.ndim)  # (x - D(x)) / sigma
+        return {
+            "loss": per_sample.mean(),
+            "eps_pred": eps_pred,
+            "per_sample": per_sample.detach(),
+            "sigma": sigma.detach(),
+        }
 
     def _drop_labels(self, model: Denoiser, labels: Tensor | None, generator) -> Tensor | None:
         if labels is None or self.label_dropout == 0:
