@@ -25,7 +25,7 @@ $(BIN)/python:
 # torch first and pinned, so the package's lower bound is met without a new download.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -e ".[book,metrics,dev]"
+	$(BIN)/python -m pip install -e ".[book,metrics,dev,sd]"
 	touch $(STAMP)
 
 install: $(STAMP)

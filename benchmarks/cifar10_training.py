@@ -43,7 +43,7 @@ def main() -> None:
     config = load_config(args.config, [])
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
-    objective = build_objective(config)
+    objective = build_objective(config, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["train"]["lr"])
     resolution = config["data"]["resolution"]
     batch = torch.randn(args.batch, 3, resolution, resolution, device=device).clamp(-1, 1)

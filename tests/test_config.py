@@ -32,7 +32,7 @@ def test_every_config_builds_its_model_objective_sampler_and_train_config(name):
     with torch.device("meta"):  # no memory or init time for the 56 M-parameter networks
         model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert callable(build_objective(cfg))
+    assert callable(build_objective(cfg, model))
     assert callable(build_sampler(cfg))
     assert build_train_config(cfg).steps == cfg["train"]["steps"]
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from diffbook.diffusion import DDPM, EDM, Denoiser
-from diffbook.metrics import forward_isotropy, isotropy_per_sample
+from diffbook.metrics import forward_isotropy, isotropy_per_sample, predicted_noise_isotropy
 from diffbook.objectives import DenoisingLoss, IsoLoss, isotropy_penalty
 
 
@@ -169,3 +169,15 @@ def test_forward_isotropy_matches_the_closed_form_at_every_step():
     # Var of the mean over 64 * 32 entries of (sqrt(a) x0 + sqrt(1 - a) eps)^2 is at most 2 (1 + 2 * 3) / 2048.
     torch.testing.assert_close(measured, expected, atol=5 * (14 / 2048) ** 0.5, rtol=0)
     assert expected[0].item() == pytest.approx(3, abs=1e-3) and expected[-1].item() == pytest.approx(1, abs=1e-4)
+
+
+def test_predicted_noise_isotropy_of_the_exact_gaussian_denoiser_is_one_minus_alpha_bar():
+    """N(0, I) data: D(x; sigma) = x / (1 + sigma^2), so E||eps_hat||^2 / n = sigma^2 / (1 + sigma^2)."""
+    process = DDPM()
+    steps = [0, 50, 200, 500, 999]
+    sigmas = process.sigmas[steps]
+    x0 = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    curve = predicted_noise_isotropy(
+        lambda x, s: x / (1 + s[:, None] ** 2), x0, sigmas, torch.Generator().manual_seed(12)
+    )
+    torch.testing.assert_close(curve, 1 - process.alpha_bar[steps], atol=0.02, rtol=0)

@@ -217,3 +217,14 @@ def test_same_seed_same_network_and_output(embedding):
     (state_a, out_a), (state_b, out_b) = build_and_run(), build_and_run()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert torch.equal(out_a, out_b)
+
+
+def test_time_mlp_embeds_a_shared_noise_level_once_with_the_same_result():
+    torch.manual_seed(0)
+    net = TimeMLP()
+    x = torch.randn(6, 2)
+    shared = net(x, torch.full((6,), 7.0))
+    one_by_one = torch.cat([net(x[i : i + 1], torch.tensor([7.0])) for i in range(6)])
+    torch.testing.assert_close(shared, one_by_one)
+    mixed = torch.tensor([7.0, 3.0, 7.0, 3.0, 1.0, 7.0])
+    torch.testing.assert_close(net(x, mixed), torch.cat([net(x[i : i + 1], mixed[i : i + 1]) for i in range(6)]))

@@ -11,6 +11,9 @@
   feature-space metrics of samples against a dataset of the registry, a folder of images, or (``--ref-stats``)
   clean-fid's precomputed Inception statistics.
 - ``train-feature-net digits [--out PATH] [--steps N]``: train the digits feature network that ``evaluate`` uses.
+- ``sweep --config NAME --grid KEY=V1,V2 [--grid ...] --seeds 0-2 --out DIR [--samples N] [--jobs J] [key=value ...]``:
+  one model per grid point and seed, trained, sampled and scored; ``DIR/table.md`` holds mean +- std per point
+  (see :mod:`diffbook.sweep`). Finished runs are not redone.
 
 Errors a user can fix (an unknown config key, a bad seed range, a missing file) print one line and exit with 2.
 """
@@ -56,7 +59,15 @@ def _exercises(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from diffbook.config import build_dataset, build_model, build_objective, build_train_config, load_config, to_yaml
+    from diffbook.config import (
+        build_dataset,
+        build_model,
+        build_objective,
+        build_train_config,
+        load_config,
+        load_init_weights,
+        to_yaml,
+    )
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
@@ -71,8 +82,8 @@ def _train(args: argparse.Namespace) -> int:
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        model = build_model(cfg).to(context.device)
-        objective, dataset, config = build_objective(cfg), build_dataset(cfg), build_train_config(cfg)
+        model = load_init_weights(build_model(cfg), cfg).to(context.device)
+        objective, dataset, config = build_objective(cfg, model), build_dataset(cfg), build_train_config(cfg)
         Trainer(model, objective, dataset, config, run_dir, preview_fn(cfg), desc=str(args.config)).fit()
     finally:
         cleanup()
@@ -177,6 +188,17 @@ def _train_feature_net(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from diffbook.sampling import parse_int_ranges
+    from diffbook.sweep import parse_grid, run_sweep
+
+    seeds = parse_int_ranges(args.seeds)
+    records = run_sweep(args.config, parse_grid(args.grid), seeds, args.out, args.overrides, args.samples, args.jobs)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"{len(records)} run(s); results in {args.out}/results.json and {args.out}/table.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand stores the function that runs it as ``run``."""
     parser = argparse.ArgumentParser(
@@ -204,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_evaluate(commands)
     _add_train_feature_net(commands)
+    _add_sweep(commands)
     return parser
 
 
@@ -255,6 +278,20 @@ def _add_train_feature_net(commands) -> None:
     feature_net.add_argument("--steps", type=int, default=1000, help="Adam steps of 128 images")
     feature_net.add_argument("--seed", type=int, default=0)
     feature_net.set_defaults(run=_train_feature_net)
+
+
+def _add_sweep(commands) -> None:
+    sweep = commands.add_parser("sweep", help="train, sample and score one model per grid point and seed")
+    sweep.add_argument("--config", required=True, help="a shipped config, e.g. toy/iso, or a YAML file")
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis; repeat for a product"
+    )
+    sweep.add_argument("--seeds", default="0-2", help="training seeds, e.g. 0-2 (default) or 0,4")
+    sweep.add_argument("--out", required=True, help="directory for one folder per run, results.json and table.md")
+    sweep.add_argument("--samples", type=int, default=None, help="samples and reference points per run")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every run")
+    sweep.set_defaults(run=_sweep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

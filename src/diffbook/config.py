@@ -4,11 +4,13 @@ A config has seven sections::
 
     source     free text: the paper table the config follows
     data       name (a toy set or an image dataset), n (toy only), split, resolution, flip, root
-    network    kind (mlp | unet), preset (unet), overrides (UNetConfig fields or TimeMLP arguments)
-    process    kind (ddpm | edm | vp | ve) and that process's fields
+    network    kind (mlp | unet), preset (unet), overrides (UNetConfig fields or TimeMLP arguments), and
+               init_from: a checkpoint to start training from (fine-tuning; see load_init_weights)
+    process    kind (ddpm | edm | vp | ve | bcm) and that process's fields; bcm's two-time preconditioning
+               wraps the network as a BidirectionalConsistency model f(x, t, u), the others as a Denoiser
     objective  kind (a key of OBJECTIVES) and the arguments of its builder
     train      the fields of diffbook.train.TrainConfig (steps, batch_size, lr, warmup_steps, grad_clip, ...)
-    sample     sampler (ddpm | ddim | heun | euler), steps, and that sampler's options
+    sample     sampler (ddpm | ddim | heun | euler | consistency), steps, and that sampler's options
 
 Keys that a section leaves out take the defaults of the class they configure. Every key is checked, so a typo
 anywhere is an error that names the closest valid keys rather than a setting silently ignored.
@@ -32,15 +34,24 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffbook.data import TOY_DATASETS, load_image_dataset, sample_toy
-from diffbook.diffusion import DDPM, EDM, VE, VP, Denoiser
-from diffbook.nets import TimeMLP, UNet, UNetConfig, unet_preset
-from diffbook.objectives import DenoisingLoss, IsoLoss
-from diffbook.samplers import SamplerOutput, ddim_sample, ddpm_sample, edm_sample, karras_sigmas
+from diffbook.diffusion import DDPM, EDM, VE, VP, BCMProcess, BidirectionalConsistency, Denoiser
+from diffbook.nets import TimeMLP, UNet, UNetConfig, load_single_time_weights, unet_preset
+from diffbook.objectives import BCMLoss, DenoisingLoss, IsoLoss, SelfPerceptualLoss
+from diffbook.samplers import (
+    SCHEDULES,
+    SamplerOutput,
+    consistency_sample,
+    ddim_sample,
+    ddpm_sample,
+    edm_sample,
+    karras_sigmas,
+    schedule_nfe,
+)
 from diffbook.train import TrainConfig
 
 Config = dict[str, Any]
 
-PROCESSES: dict[str, type] = {"ddpm": DDPM, "edm": EDM, "vp": VP, "ve": VE}
+PROCESSES: dict[str, type] = {"ddpm": DDPM, "edm": EDM, "vp": VP, "ve": VE, "bcm": BCMProcess}
 
 _EDM_SAMPLER_OPTIONS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -48,19 +59,33 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "ddim": ("eta", "spacing", "clip_denoised"),
     "heun": _EDM_SAMPLER_OPTIONS,
     "euler": _EDM_SAMPLER_OPTIONS,
+    "consistency": ("schedule",),  # a list of chains of noise levels; default: SCHEDULES[steps]
 }
+
 
 def _iso_loss(weight: float = 0.0, form: str = "batch", label_dropout: float = 0.0) -> IsoLoss:
     return IsoLoss(weight, form, DenoisingLoss(label_dropout))
 
 
-# kind -> a callable whose keyword arguments are the section's keys.
-OBJECTIVES: dict[str, Callable[..., Callable]] = {"denoising": DenoisingLoss, "iso": _iso_loss}
+def _self_perceptual_loss(
+    model: Denoiser, form: str = "paper", label_dropout: float = 0.0, mse_weight: float = 0.0
+) -> SelfPerceptualLoss:
+    return SelfPerceptualLoss.from_model(model, form=form, label_dropout=label_dropout, mse_weight=mse_weight)
+
+
+# kind -> a callable whose keyword arguments are the section's keys, and ``model`` (the model being trained,
+# not a key) for objectives built from it.
+OBJECTIVES: dict[str, Callable[..., Callable]] = {
+    "denoising": DenoisingLoss,
+    "iso": _iso_loss,
+    "self_perceptual": _self_perceptual_loss,
+    "bcm": BCMLoss,
+}
 
 _FIXED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("source", "data", "network", "process", "objective", "train", "sample"),
     "data": ("name", "n", "split", "resolution", "flip", "root"),
-    "network": ("kind", "preset", "overrides"),
+    "network": ("kind", "preset", "overrides", "init_from"),
     "train": tuple(f.name for f in dataclasses.fields(TrainConfig)),
 }
 
@@ -146,7 +171,7 @@ def valid_keys(cfg: Config, section: str) -> tuple[str, ...]:
         return ("kind", *(f.name for f in dataclasses.fields(PROCESSES[kind]) if f.init))
     if section == "objective":
         builder = OBJECTIVES[_kind(cfg, "objective", OBJECTIVES)]
-        return ("kind", *inspect.signature(builder).parameters)
+        return ("kind", *(name for name in inspect.signature(builder).parameters if name != "model"))
     if section == "sample":
         sampler = _kind(cfg, "sample", SAMPLER_OPTIONS, key="sampler")
         return ("sampler", "steps", *SAMPLER_OPTIONS[sampler])
@@ -215,10 +240,35 @@ def build_process(cfg: Config) -> DDPM | EDM | VP | VE:
     return PROCESSES[fields.pop("kind")](**fields)
 
 
-def build_model(cfg: Config) -> Denoiser:
-    """The denoiser ``D(x; sigma)``: the network wrapped by the process's preconditioning."""
+def build_model(cfg: Config) -> Denoiser | BidirectionalConsistency:
+    """The network wrapped by the process's preconditioning, freshly initialised: the denoiser ``D(x; sigma)``,
+    or for ``process.kind = bcm`` the consistency model ``f(x, t, u)``."""
     check_keys(cfg)
-    return Denoiser(build_network(cfg), build_process(cfg))
+    process = build_process(cfg)
+    wrapper = BidirectionalConsistency if isinstance(process, BCMProcess) else Denoiser
+    return wrapper(build_network(cfg), process)
+
+
+def load_init_weights(model: Denoiser, cfg: Config) -> Denoiser:
+    """Load ``network.init_from``, a Trainer checkpoint, into ``model`` in place (its EMA weights when it has
+    them, as sampling uses); nothing when the key is unset. Returns ``model``.
+
+    Training reads it; a run that resumes from its own checkpoint then overwrites these weights, but objectives
+    built in between (the self-perceptual loss's frozen copy) keep them.
+    """
+    path = cfg["network"].get("init_from")
+    if path is None:
+        return model
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"network.init_from {str(path)!r} not found: train the run it names first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    if getattr(model.net, "two_times", False) and "net.embed.merge.weight" not in weights:
+        # A consistency model's single-time network: BCM fine-tuning starts the u-branch from it (W = [I | 0]).
+        load_single_time_weights(model.net, {k.removeprefix("net."): v for k, v in weights.items()})
+        return model
+    model.load_state_dict(weights)
+    return model
 
 
 def sample_shape(cfg: Config) -> tuple[int, ...]:
@@ -271,10 +321,19 @@ def build_train_config(cfg: Config) -> TrainConfig:
     return TrainConfig(**cfg["train"])
 
 
-def build_objective(cfg: Config) -> Callable:
-    """The objective ``objective(model, batch, generator=None) -> dict(loss=..., ...)`` of ``cfg["objective"]``."""
-    arguments = dict(cfg["objective"])
-    return OBJECTIVES[_kind(cfg, "objective", OBJECTIVES)](**{k: v for k, v in arguments.items() if k != "kind"})
+def build_objective(cfg: Config, model: Denoiser | None = None) -> Callable:
+    """The objective ``objective(model, batch, generator=None) -> dict(loss=..., ...)`` of ``cfg["objective"]``.
+
+    Objectives built from the model being trained (the self-perceptual loss freezes a copy of it) need ``model``,
+    with its initial weights already loaded (:func:`load_init_weights`); the others ignore it.
+    """
+    kind = _kind(cfg, "objective", OBJECTIVES)
+    arguments = {k: v for k, v in cfg["objective"].items() if k != "kind"}
+    if "model" in inspect.signature(OBJECTIVES[kind]).parameters:
+        if model is None:
+            raise ValueError(f"objective.kind {kind!r} is built from the model: call build_objective(cfg, model)")
+        arguments["model"] = model
+    return OBJECTIVES[kind](**arguments)
 
 
 @dataclass(frozen=True)
@@ -293,6 +352,8 @@ class Sampler:
         """Whether the sampler draws noise after the initial one (and so needs ``generator``)."""
         if self.name == "ddpm":
             return True
+        if self.name == "consistency":
+            return len(self.schedule) > 1  # each chain after the first starts with fresh noise
         if self.name == "ddim":
             return self.options.get("eta", 0.0) > 0
         return self.options.get("S_churn", 0.0) > 0
@@ -308,6 +369,8 @@ class Sampler:
             return ddpm_sample(denoiser, denoiser.process, noise, self.steps, **self._kwargs(class_labels, generator))
         if self.name == "ddim":
             return ddim_sample(denoiser, denoiser.process, noise, self.steps, **self._kwargs(class_labels, generator))
+        if self.name == "consistency":
+            return consistency_sample(denoiser, noise, self.schedule, class_labels=class_labels, generator=generator)
         options = dict(self.options)
         sigmas = karras_sigmas(
             self.steps,
@@ -320,6 +383,12 @@ class Sampler:
     def _kwargs(self, class_labels: Tensor | None, generator: torch.Generator | None) -> dict[str, Any]:
         return dict(self.options, class_labels=class_labels, generator=generator)
 
+    @property
+    def schedule(self) -> tuple[tuple[float, ...], ...]:
+        """The consistency sampler's chains of noise levels: ``options["schedule"]``, else ``SCHEDULES[steps]``."""
+        schedule = self.options.get("schedule") or SCHEDULES[self.steps]
+        return tuple(tuple(float(level) for level in chain) for chain in schedule)
+
 
 def build_sampler(cfg: Config) -> Callable[..., SamplerOutput]:
     """The sampler of ``cfg["sample"]``; DDPM's and DDIM's need the discrete ``ddpm`` process."""
@@ -327,4 +396,16 @@ def build_sampler(cfg: Config) -> Callable[..., SamplerOutput]:
     name, steps = options.pop("sampler"), options.pop("steps")
     if name in ("ddpm", "ddim") and cfg["process"]["kind"] != "ddpm":
         raise ValueError(f"the {name} sampler needs process.kind = ddpm, got {cfg['process']['kind']!r}")
+    if name == "consistency":
+        _check_consistency_steps(steps, options.get("schedule"))
     return Sampler(name, steps, options)
+
+
+def _check_consistency_steps(steps: int, schedule: list | None) -> None:
+    # For the consistency sampler ``steps`` is its NFE: it picks one of SCHEDULES, or must match the schedule.
+    if schedule is None and steps not in SCHEDULES:
+        raise ValueError(
+            f"sample.steps = {steps} has no default consistency schedule (NFE {list(SCHEDULES)}): give sample.schedule"
+        )
+    if schedule is not None and schedule_nfe(schedule) != steps:
+        raise ValueError(f"sample.schedule makes {schedule_nfe(schedule)} network calls but sample.steps = {steps}")

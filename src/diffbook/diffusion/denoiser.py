@@ -1,4 +1,10 @@
-"""A raw network wrapped by a process's preconditioning: the denoiser ``D(x; sigma)`` every sampler uses."""
+"""A raw network wrapped by a process's preconditioning: the denoiser ``D(x; sigma)`` every sampler uses.
+
+The denoiser is called in two coordinates. EDM's variance-exploding ``x = x_0 + sigma n`` (:meth:`Denoiser.forward`)
+serves every process at finite ``sigma``. The variance-preserving state ``x_vp = x / sqrt(1 + sigma^2)``
+(:meth:`Denoiser.forward_vp`) is what the DDPM samplers and the losses use, because it stays finite where ``x``
+does not: at zero terminal SNR the last step has ``sigma = inf`` and ``x_vp`` is pure noise.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,11 @@ from diffbook.diffusion.parametrization import append_dims, as_batch
 
 
 class Process(Protocol):
-    """What a noise process provides: scalings, training noise levels, and its range of ``sigma``."""
+    """What a noise process provides: scalings, training noise levels, and its range of ``sigma``.
+
+    A process may also define ``vp_scalings(sigma)`` (see :func:`vp_scalings`) when it has noise levels
+    ``sigma = inf``, as DDPM does with zero terminal SNR.
+    """
 
     sigma_min: float
     sigma_max: float
@@ -19,6 +29,23 @@ class Process(Protocol):
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor: ...
+
+
+def vp_scalings(process: Process, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(c_skip, c_out, c_in, c_noise)``, each like ``sigma: (B,)``, for the variance-preserving input:
+    ``D = c_skip x_vp + c_out F(c_in x_vp; c_noise)`` with ``x_vp = x / sqrt(1 + sigma^2)``.
+
+    The process's own ``vp_scalings`` when it has one (finite at ``sigma = inf``); otherwise its VE scalings with
+    ``c_skip`` and ``c_in`` multiplied by ``sqrt(1 + sigma^2)``, which needs finite ``sigma``.
+    """
+    own = getattr(process, "vp_scalings", None)
+    if own is not None:
+        return own(sigma)
+    if not torch.isfinite(sigma).all():
+        raise ValueError(f"{type(process).__name__} has no scalings at sigma = inf")
+    c_skip, c_out, c_in, c_noise = process.scalings(sigma)
+    scale = (1 + sigma**2).sqrt()
+    return c_skip * scale, c_out, c_in * scale, c_noise
 
 
 class Denoiser(nn.Module):
@@ -49,3 +76,22 @@ class Denoiser(nn.Module):
         """The denoised estimate ``E[x_0 | x]``: same shape as ``x``."""
         out, (c_skip, c_out, _, _) = self.raw(x, sigma, class_labels)
         return c_skip * x + c_out * out
+
+    def raw_vp(
+        self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """As :meth:`raw` on the variance-preserving state ``x_vp = x / sqrt(1 + sigma^2)``: ``(B, ...)``.
+
+        Returns ``F`` and the broadcastable :func:`vp_scalings`; finite at ``sigma = inf`` for a DDPM process.
+        """
+        sigma = as_batch(sigma, x_vp)
+        c_skip, c_out, c_in, c_noise = vp_scalings(self.process, sigma)
+        c_skip, c_out, c_in = (append_dims(c.to(x_vp.dtype), x_vp.ndim) for c in (c_skip, c_out, c_in))
+        out = self.net(c_in * x_vp, c_noise.to(x_vp.dtype), class_labels)
+        return out, (c_skip, c_out, c_in, c_noise)
+
+    def forward_vp(self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+        """``E[x_0 | x]`` from the variance-preserving state ``x_vp: (B, ...)``; equals ``forward`` at
+        ``x = sqrt(1 + sigma^2) x_vp`` for finite ``sigma``, and is defined at ``sigma = inf`` too."""
+        out, (c_skip, c_out, _, _) = self.raw_vp(x_vp, sigma, class_labels)
+        return c_skip * x_vp + c_out * out

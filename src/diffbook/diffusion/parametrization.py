@@ -64,6 +64,15 @@ def convert(
     return from_x0(to_x0(pred, source, x_t, alpha, sigma), target, x_t, alpha, sigma)
 
 
+def vp_coefficients(sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """``(alpha, s) = (1, sigma) / sqrt(1 + sigma^2)``: the variance-preserving coefficients of the EDM noise level
+    ``sigma`` (``alpha = sqrt(alpha_bar)``, ``s = sqrt(1 - alpha_bar)`` for DDPM), shaped like ``sigma``.
+
+    Written so that ``sigma = inf`` gives ``(0, 1)`` and ``sigma = 0`` gives ``(1, 0)``, without ``inf * 0``.
+    """
+    return (1 + sigma**2).rsqrt(), (1 + sigma**-2).rsqrt()
+
+
 def append_dims(values: Tensor, ndim: int) -> Tensor:
     """Reshape ``values: (B,)`` to ``(B, 1, ..., 1)`` with ``ndim`` dimensions in all, for broadcasting."""
     return values.reshape(values.shape + (1,) * (ndim - values.ndim))

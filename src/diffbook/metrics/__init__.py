@@ -2,7 +2,7 @@
 
 from diffbook.metrics.fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 from diffbook.metrics.inception_score import inception_score
-from diffbook.metrics.isotropy import forward_isotropy, isotropy, isotropy_per_sample
+from diffbook.metrics.isotropy import forward_isotropy, isotropy, isotropy_per_sample, predicted_noise_isotropy
 from diffbook.metrics.prdc import prdc
 from diffbook.metrics.toy import mmd_rbf, negative_log_likelihood, sliced_wasserstein
 
@@ -17,6 +17,7 @@ __all__ = [
     "kernel_inception_distance",
     "mmd_rbf",
     "negative_log_likelihood",
+    "predicted_noise_isotropy",
     "prdc",
     "sliced_wasserstein",
 ]

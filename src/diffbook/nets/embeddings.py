@@ -99,6 +99,10 @@ class ConditionEmbedding(nn.Module):
         The output has been through a SiLU: every consumer projects it with its own Linear, and the SiLU in
         front of those projections is shared here (DDPM applies it per block, EDM once; the result is equal).
         """
+        return F.silu(self.mlp(self.features(noise_labels, class_labels)))
+
+    def features(self, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """The noise features plus the class row: noise_labels (B,), class_labels (B,) or None -> (B, dim)."""
         emb = self.noise(noise_labels)
         if self.label is not None:
             if class_labels is None:
@@ -106,4 +110,58 @@ class ConditionEmbedding(nn.Module):
             emb = emb + self.label(class_labels)
         elif class_labels is not None:
             raise ValueError("class_labels given to a network built with num_classes=0")
-        return F.silu(self.mlp(emb))
+        return emb
+
+
+class TwoTimeEmbedding(ConditionEmbedding):
+    """Two noise labels, the start ``t`` and the end ``u`` of a jump (BCM), and an optional class -> one vector.
+
+    ``emb = SiLU(W [MLP_t(features(t) + class); MLP_u(features(u))])`` with ``W`` a bias-free ``2 out -> out``
+    map (Li & He 2024, the authors' ``time_embed_align``). The t-branch is the single-time embedding itself,
+    under the same names (``noise``, ``label``, ``mlp``), so a single-time network's weights load into it; after
+    :meth:`init_from_single_time` (``MLP_u`` a copy of ``MLP_t``, ``W = [I | 0]``) the network ignores ``u`` and
+    computes exactly what the single-time network did.
+    """
+
+    def __init__(self, dim: int, out_dim: int, num_classes: int = 0, embedding: str = "sinusoidal") -> None:
+        super().__init__(dim, out_dim, num_classes, embedding)
+        self.mlp_u = EmbeddingMLP(dim, out_dim)
+        self.merge = nn.Linear(2 * out_dim, out_dim, bias=False)
+
+    def forward(self, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """noise_labels: (B, 2) float, the labels of ``t`` and ``u``; class_labels: (B,) or None -> (B, out_dim)."""
+        if noise_labels.ndim != 2 or noise_labels.shape[1] != 2:
+            raise ValueError(f"a two-time network takes noise labels of shape (B, 2), got {tuple(noise_labels.shape)}")
+        t_labels, u_labels = noise_labels.unbind(1)
+        emb_t = self.mlp(self.features(t_labels, class_labels))
+        emb_u = self.mlp_u(self.noise(u_labels))
+        return F.silu(self.merge(torch.cat([emb_t, emb_u], dim=1)))
+
+    @torch.no_grad()
+    def init_from_single_time(self) -> None:
+        """``MLP_u <- MLP_t`` and ``W <- [I | 0]``: the embedding then equals the single-time one, whatever ``u``."""
+        self.mlp_u.load_state_dict(self.mlp.state_dict())
+        out_dim = self.merge.out_features
+        self.merge.weight.zero_()
+        self.merge.weight[:, :out_dim].copy_(torch.eye(out_dim))
+
+
+def load_single_time_weights(net: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load a single-time network's ``state_dict`` into the same network built with ``two_times=True``.
+
+    ``net.embed`` must be a :class:`TwoTimeEmbedding`; every weight but its u-branch and merge must be in
+    ``state_dict``, which then start as :meth:`TwoTimeEmbedding.init_from_single_time` sets them. The route of
+    BCM fine-tuning: the two-time network starts as the consistency model it was initialised from.
+    """
+    if not isinstance(getattr(net, "embed", None), TwoTimeEmbedding):
+        raise ValueError("load_single_time_weights needs a network built with two_times=True")
+    new_keys = {key for key in net.state_dict() if key.startswith(("embed.mlp_u.", "embed.merge."))}
+    if new_keys <= state_dict.keys():
+        raise ValueError("the state_dict already holds a two-time embedding: load it with net.load_state_dict")
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if unexpected or set(missing) != new_keys:
+        raise ValueError(
+            "the state_dict is not a single-time version of this network: "
+            f"missing {sorted(set(missing) - new_keys)}, unexpected {sorted(unexpected)}"
+        )
+    net.embed.init_from_single_time()

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffbook.nets.embeddings import ConditionEmbedding, check_embedding
+from diffbook.nets.embeddings import ConditionEmbedding, TwoTimeEmbedding, check_embedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -189,6 +189,7 @@ class UNetConfig:
     adaptive_scale: bool = False  # the embedding also scales the features (NCSN++), not only shifts them
     channels_per_head: int | None = None
     init_zero: bool = True  # the last layer of every residual branch starts at zero
+    two_times: bool = False  # condition on two noise labels (B, 2), a jump's start and end (BCM)
 
     def __post_init__(self) -> None:
         check_embedding(self.embedding)
@@ -268,7 +269,8 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         ch = config.model_channels
-        self.embed = ConditionEmbedding(ch, 4 * ch, config.num_classes, config.embedding)
+        embedding = TwoTimeEmbedding if config.two_times else ConditionEmbedding
+        self.embed = embedding(ch, 4 * ch, config.num_classes, config.embedding)
         block = partial(
             UNetBlock,
             emb_channels=4 * ch,
@@ -320,7 +322,8 @@ class UNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # the two-time embedding's merge has none
+                    nn.init.zeros_(module.bias)
         if not self.config.init_zero:
             return
         # The last layer of every residual branch, and of the network, starts at zero: every block is then the
@@ -332,8 +335,13 @@ class UNet(nn.Module):
                 nn.init.zeros_(module.proj.weight)
         nn.init.zeros_(self.out[-1].weight)
 
+    @property
+    def two_times(self) -> bool:
+        """Whether the network takes two noise labels per example (see :class:`TwoTimeEmbedding`)."""
+        return self.config.two_times
+
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        """x: (B, in_channels, R, R), noise_labels: (B,) float, class_labels: (B,) int64 or None.
+        """x: (B, in_channels, R, R), noise_labels: (B,) float ((B, 2) if two_times), class_labels: (B,) or None.
 
         Returns (B, out_channels, R, R), with R the configured ``resolution``.
         """

@@ -1,6 +1,16 @@
 """Training objectives. Each is a small callable: ``objective(model, batch) -> dict(loss=..., **logs)``."""
 
+from diffbook.objectives.bcm import BCMLoss
 from diffbook.objectives.denoising import DenoisingLoss, split_batch
 from diffbook.objectives.iso import IsoLoss, isotropy_penalty
+from diffbook.objectives.self_perceptual import SelfPerceptualLoss, frozen_middle_block_encoder
 
-__all__ = ["DenoisingLoss", "IsoLoss", "isotropy_penalty", "split_batch"]
+__all__ = [
+    "BCMLoss",
+    "DenoisingLoss",
+    "IsoLoss",
+    "SelfPerceptualLoss",
+    "frozen_middle_block_encoder",
+    "isotropy_penalty",
+    "split_batch",
+]

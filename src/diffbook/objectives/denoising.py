@@ -5,6 +5,10 @@ For a denoiser ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` the loss is
 MSE of the raw network against its *effective target* ``(x_0 - c_skip x) / c_out``. The process picks
 what that target is: ``eps`` for DDPM's ``L_simple``, ``x_0`` or ``v`` for the other DDPM parametrisations,
 and EDM's unit-variance mixture for EDM. The loss is computed in that raw space, where it is well scaled.
+
+The noisy input is formed in variance-preserving coordinates ``x_vp = x / sqrt(1 + sigma^2)`` and the denoiser
+is evaluated there (:meth:`~diffbook.diffusion.Denoiser.raw_vp`): the same loss, which also exists at the last
+step of a zero-terminal-SNR schedule, where ``sigma = inf`` and ``x`` itself is infinite.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from torch import Tensor
 
 from diffbook.diffusion.denoiser import Denoiser
-from diffbook.diffusion.parametrization import append_dims
+from diffbook.diffusion.parametrization import append_dims, vp_coefficients
 
 
 def split_batch(batch: Tensor | tuple | list) -> tuple[Tensor, Tensor | None]:
@@ -45,11 +49,12 @@ class DenoisingLoss:
         x0, labels = split_batch(batch)
         sigma = model.process.sample_sigma(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=_device(generator, x0)).to(x0)
-        x = x0 + append_dims(sigma, x0.ndim) * noise
-        out, (c_skip, c_out, _, _) = model.raw(x, sigma, self._drop_labels(model, labels, generator))
+        alpha, s = (append_dims(c.to(x0.dtype), x0.ndim) for c in vp_coefficients(sigma))
+        x = alpha * x0 + s * noise
+        out, (c_skip, c_out, _, _) = model.raw_vp(x, sigma, self._drop_labels(model, labels, generator))
         target = (x0 - c_skip * x) / c_out
         per_sample = (out - target).square().flatten(1).mean(dim=1)
-        eps_pred = (x - c_skip * x - c_out * out) / append_dims(sigma, x.ndim)  # (x - D(x)) / sigma
+        eps_pred = (x - alpha * (c_skip * x + c_out * out)) / s  # (x_vp - alpha D) / s = (x - D(x)) / sigma
         return {
             "loss": per_sample.mean(),
             "eps_pred": eps_pred,
@@ -58,13 +63,22 @@ class DenoisingLoss:
         }
 
     def _drop_labels(self, model: Denoiser, labels: Tensor | None, generator) -> Tensor | None:
-        if labels is None or self.label_dropout == 0:
-            return labels
-        num_classes = getattr(model.net, "num_classes", 0)
-        if num_classes == 0:
-            raise ValueError("label_dropout needs a class-conditional network (num_classes > 0)")
-        drop = torch.rand(labels.shape, generator=generator, device=_device(generator, labels)) < self.label_dropout
-        return torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
+        return drop_labels(model, labels, self.label_dropout, generator)
+
+
+def drop_labels(
+    model: Denoiser, labels: Tensor | None, probability: float, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """``labels: (B,)`` with each replaced by the null class ``num_classes`` of ``model.net`` with ``probability``."""
+    if labels is None or probability == 0:
+        return labels
+    # The package's U-Net and MLP keep the count on their condition embedding.
+    embed = getattr(model.net, "embed", None)
+    num_classes = getattr(model.net, "num_classes", None) or getattr(embed, "num_classes", 0)
+    if num_classes == 0:
+        raise ValueError("label_dropout needs a class-conditional network (num_classes > 0)")
+    drop = torch.rand(labels.shape, generator=generator, device=_device(generator, labels)) < probability
+    return torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
 
 
 def _device(generator: torch.Generator | None, like: Tensor) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,23 @@ def denoise(denoiser: DenoiserFn, x: Tensor, sigma: float, class_labels: Tensor 
     if class_labels is None:
         return denoiser(x, sigma)
     return denoiser(x, sigma, class_labels)
+
+
+def denoise_vp(denoiser: DenoiserFn, x_vp: Tensor, sigma: float, class_labels: Tensor | None) -> Tensor:
+    """``E[x0 | x]`` from the variance-preserving state ``x_vp = x / sqrt(1 + sigma^2)``: ``(B, ...)``.
+
+    A denoiser with a ``forward_vp`` method (:class:`~diffbook.diffusion.Denoiser`, a guided one) takes ``x_vp``
+    as it is, which keeps the last step of a zero-terminal-SNR schedule (``sigma = inf``, ``x_vp`` pure noise)
+    finite. Any other denoiser is called at ``x = sqrt(1 + sigma^2) x_vp``, which needs a finite ``sigma``.
+    """
+    forward_vp = getattr(denoiser, "forward_vp", None)
+    if forward_vp is not None:
+        return forward_vp(x_vp, sigma) if class_labels is None else forward_vp(x_vp, sigma, class_labels)
+    if not math.isfinite(sigma):
+        raise ValueError(
+            "sigma = inf (zero terminal SNR) needs a denoiser with a forward_vp method, such as diffusion.Denoiser"
+        )
+    return denoise(denoiser, x_vp * (1 + sigma**2) ** 0.5, sigma, class_labels)
 
 
 @dataclass
@@ -42,8 +60,12 @@ class TrajectoryRecorder:
         self.sigmas: list[float] = []
 
     def __call__(self, x_ve: Tensor, sigma: float) -> None:
+        self.vp(x_ve / (1 + sigma**2) ** 0.5, sigma)
+
+    def vp(self, x_vp: Tensor, sigma: float) -> None:
+        """Record a state given in variance-preserving coordinates (finite also at ``sigma = inf``)."""
         if self.states is not None:
-            self.states.append((x_ve / (1 + sigma**2) ** 0.5).cpu())
+            self.states.append(x_vp.cpu())
             self.sigmas.append(sigma)
 
     def output(self, samples: Tensor, nfe: int) -> SamplerOutput:

@@ -1,8 +1,12 @@
 """Samplers on a discrete DDPM schedule: ancestral sampling (Ho et al. 2020) and DDIM (Song et al. 2021).
 
 Both run on a subsequence of the ``T`` training steps ("respacing"), so the number of network evaluations
-(NFE) is the number of steps chosen. They take any denoiser ``D(x; sigma)``: at step ``t`` the VP state
-``x_t`` is divided by ``sqrt(alpha_bar_t)`` before the call, and ``eps_hat`` is recovered exactly.
+(NFE) is the number of steps chosen. They take any denoiser ``D(x; sigma)`` and hand it the VP state ``x_t``
+through :func:`~diffbook.samplers.common.denoise_vp`; ``eps_hat`` is recovered exactly from ``x0_hat``.
+
+With a zero-terminal-SNR schedule, "trailing" spacing starts at ``t = T - 1`` where ``alpha_bar = 0``: ``x_T``
+is the noise itself, the denoiser's VP form gives ``x0_hat`` there (``-v_hat`` for v-prediction), and
+``eps_hat = x_T`` exactly, so the first update is finite.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from torch import Tensor
 
 from diffbook.diffusion.ddpm import DDPM
 from diffbook.diffusion.parametrization import from_x0
-from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise, randn_like
+from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise_vp, randn_like
 
 Spacing = Literal["linspace", "leading", "trailing"]
 
@@ -40,8 +44,7 @@ def timesteps(T: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
 
 def _step_quantities(process: DDPM, t: int, x_t: Tensor, denoiser: DenoiserFn, class_labels) -> tuple:
     alpha_bar = float(process.alpha_bar[t])
-    sigma = float(process.sigmas[t])
-    x0 = denoise(denoiser, x_t / alpha_bar**0.5, sigma, class_labels)
+    x0 = denoise_vp(denoiser, x_t, float(process.sigmas[t]), class_labels)
     return alpha_bar, x0
 
 
@@ -68,7 +71,7 @@ def ddpm_sample(
     x = noise
     for i, t in enumerate(ts):
         alpha_bar, x0 = _step_quantities(process, t, x, denoiser, class_labels)
-        record(x / alpha_bar**0.5, float(process.sigmas[t]))
+        record.vp(x, float(process.sigmas[t]))
         if clip_denoised is not None:
             x0 = x0.clamp(-clip_denoised, clip_denoised)
         alpha_bar_prev = float(process.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
@@ -106,7 +109,7 @@ def ddim_sample(
     x = noise
     for i, t in enumerate(ts):
         alpha_bar, x0 = _step_quantities(process, t, x, denoiser, class_labels)
-        record(x / alpha_bar**0.5, float(process.sigmas[t]))
+        record.vp(x, float(process.sigmas[t]))
         if clip_denoised is not None:
             x0 = x0.clamp(-clip_denoised, clip_denoised)
         eps = from_x0(x0, "eps", x, alpha_bar**0.5, (1 - alpha_bar) ** 0.5)

@@ -181,6 +181,8 @@ class Trainer:
     ``sample_fn(model, step) -> (N, C, H, W) in [-1, 1] | None`` is called on rank 0 with the EMA model (or
     the live one, in eval mode) every ``config.sample_every`` steps; returning None skips the grid.
     Under ``torchrun`` every rank builds the same Trainer (same config, same ``run_dir``); rank 0 alone writes.
+    An objective with state of its own (a curriculum's step count) exposes ``state_dict()`` and
+    ``load_state_dict(state)``; the checkpoint keeps that state, and a resumed run restores it.
     """
 
     def __init__(
@@ -195,7 +197,7 @@ class Trainer:
         progress: bool = True,
         desc: str = "train",
     ) -> None:
-        self.model, self.config, self.sample_fn = model, config, sample_fn
+        self.model, self.objective, self.config, self.sample_fn = model, objective, config, sample_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress, self.desc = progress, desc
         self.device = next(model.parameters()).device
@@ -329,6 +331,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "ema": self.ema.model.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
+                "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
                 "grad_scaler": self.scaler.state_dict(),
                 "data": asdict(self.batches.position),
                 "rng": rng_states,
@@ -347,6 +350,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("objective") is not None:
+            self.objective.load_state_dict(state["objective"])
         self.scaler.load_state_dict(state["grad_scaler"])
         self.batches.position = DataPosition(**state["data"])
         self.step = self.saved_step = state["step"]
