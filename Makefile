@@ -5,6 +5,7 @@
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
 #   make bench       micro-benchmarks of the package on this machine
 #   make exercises   students' copies of the notebooks (solutions stubbed out) in students/
+#   make lab         JupyterLab on notebooks/, its python3 kernel the package's environment
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,11 +13,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.diffbook-installed
 NB     ?= notebooks
 JOBS   ?= 2
+LAB_ARGS ?=
+# Jupyter refuses to run as root without being told to; containers and CI machines often run as root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test unit nbtest lint notebooks exercises bench clean
+.PHONY: install book test unit nbtest lint notebooks exercises bench lab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +29,7 @@ $(BIN)/python:
 # torch first and pinned, so the package's lower bound is met without a new download.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -e ".[book,metrics,dev,sd]"
+	$(BIN)/python -m pip install -e ".[book,metrics,dev,sd,lab]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -56,6 +60,12 @@ bench: install
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/cifar10_training.py --config cifar10/ddpm --batch 8
 	$(BIN)/python benchmarks/cifar10_training.py --config cifar10/edm --batch 8
+
+# The kernelspec goes into the environment, and JUPYTER_PATH puts it before any python3 kernel of the user's,
+# so that the notebooks (whose kernel is python3) run where the package is installed.
+lab: install
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffbook)" >/dev/null
+	JUPYTER_PATH="$(CURDIR)/$(VENV)/share/jupyter" $(BIN)/jupyter lab --notebook-dir notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 
 from diffbook.config import build_model, load_config, num_classes, sample_shape
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss
+from diffbook.train import time_training_steps
 
 
 def main() -> None:
@@ -34,32 +34,12 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = load_config(args.config)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
+    model = build_model(cfg).to(device)
     objectives = {"mse": DenoisingLoss(), "self_perceptual": SelfPerceptualLoss.from_model(model)}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     x0 = torch.randn(args.batch, *sample_shape(cfg), device=device).clamp(-1, 1)
     batch = (x0, torch.randint(0, num_classes(cfg), (args.batch,), device=device)) if num_classes(cfg) else x0
-
-    def step(name: str) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        loss = objectives[name](model, batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    for _ in range(args.warmup):
-        for name in objectives:
-            step(name)
-    seconds = {name: 0.0 for name in objectives}
-    for _ in range(args.steps):
-        for name in objectives:
-            seconds[name] += step(name)
-    ms = {name: 1000 * total / args.steps for name, total in seconds.items()}
+    seconds = time_training_steps(model, objectives, batch, args.steps, args.warmup)
+    ms = {name: 1000 * value for name, value in seconds.items()}
     print(
         f"{args.config}, batch {args.batch}, {device} ({platform.processor() or platform.machine()}), "
         f"{torch.get_num_threads()} threads, {args.steps} steps each"

@@ -18,10 +18,30 @@ from diffbook.bcm_applications import inpaint, interpolate, jpeg_compress, resto
 from diffbook.config import build_model, build_objective, build_sampler, load_config, load_init_weights
 from diffbook.data import GaussianMixture, gaussian
 from diffbook.diffusion import BCMProcess, BidirectionalConsistency
+from diffbook.metrics.flow import (
+    consistency_scores,
+    ddim_inversion_baseline,
+    edm_baseline,
+    exact_references,
+    mixture_flow,
+)
 from diffbook.nets import TimeMLP, UNet, load_single_time_weights, unet_preset
 from diffbook.objectives import BCMLoss
 from diffbook.objectives.bcm import curriculum, draw_u_indices, index_probabilities, karras_grid, pseudo_huber
-from diffbook.samplers import INVERSIONS, SCHEDULES, consistency_sample, invert, reconstruct, run_schedule
+from diffbook.samplers import (
+    INVERSIONS,
+    MULTISTEP_LEVELS,
+    SCHEDULES,
+    consistency_sample,
+    inversion_chain,
+    invert,
+    multistep_schedule,
+    ode_flow,
+    reconstruct,
+    run_schedule,
+    schedule_nfe,
+)
+from diffbook.sweep import flow_scores
 from diffbook.train import TrainConfig, Trainer, train
 
 PROCESS = BCMProcess()
@@ -70,17 +90,6 @@ class ExactGaussianNet(nn.Module):
 
 def exact_model(mean: Tensor, std: float) -> BidirectionalConsistency:
     return BidirectionalConsistency(ExactGaussianNet(PROCESS, mean, std), PROCESS)
-
-
-def heun_flow(mixture: GaussianMixture, x: Tensor, t: float, u: float, steps: int = 200) -> Tensor:
-    """The mixture's PF-ODE from level t to level u (either way) with Heun steps uniform in log sigma, float64."""
-    x = x.double()
-    sigmas = torch.linspace(math.log(t), math.log(u), steps + 1, dtype=torch.float64).exp().tolist()
-    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
-        slope = (x - mixture.denoiser(x, a)) / a
-        x_euler = x + (b - a) * slope
-        x = x + (b - a) * (slope + (x_euler - mixture.denoiser(x_euler, b)) / b) / 2
-    return x
 
 
 class CountingNet(nn.Module):
@@ -141,11 +150,11 @@ def test_scalings_match_the_papers_formulas_and_c_out_is_antisymmetric():
 # Exact flow maps: every sampler is exact
 
 
-def test_the_heun_reference_matches_the_closed_form_flow_of_a_gaussian():
+def test_the_exact_ode_reference_matches_the_closed_form_flow_of_a_gaussian():
     mean, std = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.3
     x = torch.randn(100, 2, dtype=torch.float64)
     for t, u in [(2.0, 0.002), (0.07, 2.0), (80.0, 0.002)]:
-        reference = heun_flow(gaussian((0.5, -1.0), std), x * t + mean, t, u)
+        reference = mixture_flow(gaussian((0.5, -1.0), std), x * t + mean, t, u)
         # Measured with 200 steps: 3e-4 at most, on data of scale 1; the trained model is held to 0.35.
         torch.testing.assert_close(reference, gaussian_flow(x * t + mean, t, u, mean, std), rtol=0, atol=1e-3)
 
@@ -181,6 +190,76 @@ def test_the_exact_flow_map_makes_inversion_and_reconstruction_exact(nfe):
         back.samples, gaussian_flow(start, levels[0], SIGMA_MIN, mean, std), rtol=1e-9, atol=1e-9
     )
     assert (latent.nfe, back.nfe) == (nfe, nfe + 1)
+
+
+def test_ode_flow_euler_is_exact_for_a_point_mass_both_ways_and_counts_its_calls():
+    # A point mass has D = mean at every level, so trajectories are straight lines and one Euler (DDIM) step,
+    # x_u = (u/t) x + (1 - u/t) mean, is already exact, up or down; Heun spends two calls a step.
+    mean = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    x = mean + 2.0 * torch.randn(50, 2, dtype=torch.float64)
+
+    def denoiser(x: Tensor, sigma: float) -> Tensor:
+        return mean.expand_as(x)
+
+    for t, u in [(2.0, 0.002), (0.07, 80.0)]:
+        for steps, solver in [(1, "euler"), (7, "euler"), (3, "heun")]:
+            out = ode_flow(denoiser, x, t, u, steps, solver)
+            torch.testing.assert_close(out.samples, mean + (u / t) * (x - mean), rtol=1e-11, atol=1e-11)
+            assert out.nfe == (steps if solver == "euler" else 2 * steps)
+    with pytest.raises(ValueError, match="positive"):
+        ode_flow(denoiser, x, 2.0, 0.0, 4)
+
+
+def test_multistep_schedules_jump_to_sigma_min_from_the_levels_bcm_schedules_visit():
+    assert multistep_schedule((80.0, 2.4)) == ((80.0, 0.002), (2.4, 0.002))
+    for nfe, levels in MULTISTEP_LEVELS.items():
+        visited = {level for chain in SCHEDULES[nfe] for level in chain if level > SIGMA_MIN}
+        assert sorted(visited, reverse=True) == list(levels)
+        assert schedule_nfe(multistep_schedule(levels)) == schedule_nfe(SCHEDULES[nfe]) == nfe
+    with pytest.raises(ValueError, match="decrease"):
+        multistep_schedule((2.4, 80.0))
+    assert inversion_chain(1) == INVERSIONS[1] and inversion_chain(2) == INVERSIONS[2]
+    chain = inversion_chain(4)
+    ratios = torch.tensor(chain[1:]) / torch.tensor(chain[:-1])
+    assert len(chain) == 5 and chain[0] == pytest.approx(0.07) and chain[-1] == pytest.approx(80.0)
+    torch.testing.assert_close(ratios, torch.full((4,), (80 / 0.07) ** 0.25), rtol=1e-6, atol=0)
+
+
+def test_the_exact_flow_map_scores_at_the_exact_references():
+    mean, std = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.3
+    mixture = gaussian((0.5, -1.0), std)
+    scores = consistency_scores(exact_model(mean, std), mixture, count=500, seed=0)
+    floors = exact_references(mixture, count=500, seed=0)
+    for nfe in INVERSIONS:
+        assert scores[f"latent_rms_inv{nfe}"] < 5e-4  # units of sigma_max; measured 1.5e-4, the reference's Heun error
+        assert scores[f"recon_mse_inv{nfe}"] == pytest.approx(floors["recon_mse"], rel=1e-3)
+    assert scores["jump_error_down"] < 1e-3 and scores["jump_error_up"] < 1e-3 and scores["roundtrip_rms"] < 1e-5
+    assert scores["mmd_nfe1"] == pytest.approx(floors["mmd"], abs=1e-4)
+    assert scores["latent_std_inv2"] == pytest.approx(floors["latent_std"], rel=1e-3)
+    assert abs(floors["latent_std"] - 1) < 0.1  # 500 draws of a standard normal, per coordinate
+
+
+def test_ode_baselines_converge_to_the_exact_flow_with_steps():
+    mixture = gaussian((0.5, -1.0), 0.3)
+    ddim = ddim_inversion_baseline(mixture.denoiser, mixture, steps=(1, 4, 64), count=300, seed=0)
+    errors = [ddim[n]["latent_rms"] for n in (1, 4, 64)]
+    # Euler is first order: 16 times the steps, about a sixteenth of the error (measured 0.35, 0.026).
+    assert errors[0] > errors[1] > 8 * errors[2] and errors[2] < 0.05
+    floor = exact_references(mixture, count=300, seed=0)["recon_mse"]
+    assert ddim[64]["recon_mse"] == pytest.approx(floor, rel=0.05)
+    heun = edm_baseline(mixture.denoiser, mixture, steps=(1, 2, 40), count=300, seed=0)
+    assert list(heun) == [1, 3, 79]  # Heun: 2 N - 1 evaluations
+    assert heun[79] < 1e-3
+
+
+def test_sweeps_score_consistency_models_on_mixtures_against_the_exact_ode():
+    cfg = load_config("toy/bcm", ["network.overrides.hidden=16", "network.overrides.emb_dim=16"])
+    scores = flow_scores(cfg, build_model(cfg).eval(), count=100, seed=0)
+    expected = {f"mmd_nfe{k}" for k in SCHEDULES} | {f"recon_mse_inv{k}" for k in (1, 2, 3, 4)}
+    assert expected <= scores.keys() and all(math.isfinite(v) for v in scores.values())
+    assert flow_scores(load_config("toy/edm"), build_model(load_config("toy/edm")), 100, 0) == {}
+    other_set = load_config("toy/bcm", ["data.name=two_moons"])  # no exact ODE to compare with
+    assert flow_scores(other_set, build_model(other_set), 100, 0) == {}
 
 
 # NFE
@@ -252,7 +331,7 @@ def relative_flow_error(model: BidirectionalConsistency, t: float, u: float) -> 
     """RMS distance to the exact jump t -> u of noised mixture samples, over the RMS spread of the exact ends."""
     generator = torch.Generator().manual_seed(2)
     x_t = TWO_MODES.sample(1000, generator).float() + t * torch.randn(1000, 2, generator=generator)
-    exact = heun_flow(TWO_MODES, x_t, t, u).float()
+    exact = mixture_flow(TWO_MODES, x_t, t, u)
     with torch.no_grad():
         error = (model(x_t, t, u) - exact).square().sum(1).mean().sqrt()
     return float(error / (exact - exact.mean(0)).square().sum(1).mean().sqrt())
@@ -285,6 +364,7 @@ def test_the_curriculum_doubles_n_at_icts_steps():
     steps = [0, 99_999, 100_000, 200_000, 600_000, 700_000, 799_999]
     assert [curriculum(k, 10, 1280, 800_000) for k in steps] == [11, 11, 21, 41, 641, 1281, 1281]
     assert {curriculum(k, 320, 320, 800_000) for k in (0, 400_000, 799_999)} == {321}  # the BCM fine-tune
+    assert [curriculum(k, 10, 160, 2) for k in range(6)] == [11, 21, 41, 81, 161, 161]  # shorter than 5 stages
 
 
 def test_the_objective_counts_its_training_steps_and_saves_the_count():

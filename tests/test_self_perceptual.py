@@ -17,12 +17,13 @@ from torch import nn
 from diffbook.cli import main as cli_main
 from diffbook.config import build_model, build_objective, load_config
 from diffbook.diffusion import DDPM, Denoiser, vp_coefficients
-from diffbook.nets import DiffusersUNet, UNet, UNetEncoder, middle_block_encoder, unet_preset
+from diffbook.metrics.features import class_agreement
+from diffbook.nets import DiffusersUNet, TimeMLP, TimeMLPEncoder, UNet, UNetEncoder, middle_block_encoder, unet_preset
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss, frozen_middle_block_encoder
 from diffbook.objectives.self_perceptual import renoise_pair, x0_eps_from_v
 from diffbook.samplers import ddim_sample, ddpm_sample, timesteps
 from diffbook.samplers.guidance import GuidedDenoiser, guide
-from diffbook.train import train
+from diffbook.train import time_training_steps, train
 
 INF = math.inf
 
@@ -221,9 +222,71 @@ def test_diffusers_encoder_equals_the_mid_block_output_of_a_full_forward():
     assert sum(p.numel() for p in frozen.parameters()) < sum(p.numel() for p in unet.parameters())
 
 
+@pytest.mark.parametrize(("depth", "kept"), [(1, 1), (3, 2), (4, 2)])
+def test_time_mlp_encoder_equals_the_middle_hidden_layer_of_a_full_forward(depth, kept):
+    torch.manual_seed(0)
+    mlp = TimeMLP(hidden=16, depth=depth, emb_dim=8, num_classes=3).double()
+    seen = {}
+    following = mlp.layers[kept] if kept < depth else mlp.out  # the layer that reads the middle activations
+    following.register_forward_hook(lambda module, inputs, output: seen.update(mid=inputs[0]))
+    x, t, labels = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0.0, 3.0, 3.0, 500.0, 999.0]), None
+    mlp(x, t, labels)
+    encoder = middle_block_encoder(mlp)
+    assert isinstance(encoder, TimeMLPEncoder) and len(encoder.layers) == kept
+    torch.testing.assert_close(encoder(x, t, labels), seen["mid"], rtol=0, atol=1e-15)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    mlp(x, t, labels)
+    torch.testing.assert_close(encoder(x, t, labels), seen["mid"], rtol=0, atol=1e-15)
+
+
+def test_self_perceptual_loss_on_a_time_mlp_vanishes_at_t_prime_equal_t_and_trains_the_mlp():
+    torch.manual_seed(0)
+    model = Denoiser(TimeMLP(hidden=16, depth=3, emb_dim=8).double(), _process())
+    objective = SelfPerceptualLoss.from_model(model)
+    frozen_size = sum(p.numel() for p in objective.frozen.parameters())
+    assert frozen_size < sum(p.numel() for p in model.parameters())
+    x0, eps = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    sigma = model.process.sigmas[torch.tensor([0, 10, 250, 500, 998, 999])]
+    assert objective.loss_at(model, x0, eps, sigma, sigma)["per_sample"].max() < 1e-24
+    objective.loss_at(model, x0, eps, sigma, sigma.flip(0))["loss"].backward()
+    assert all(p.grad is None for p in objective.frozen.parameters())
+    assert sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None) > 0
+
+
 def test_middle_block_encoder_rejects_other_networks():
     with pytest.raises(ValueError, match="no middle-block encoder"):
         middle_block_encoder(nn.Linear(2, 2))
+
+
+# What the chapter measures: classifier agreement and the cost of a step
+
+
+def test_class_agreement_reads_the_softmax_of_the_labels():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
+    with_labels = class_agreement(logits, torch.tensor([0, 1]))
+    assert with_labels["confidence"] == pytest.approx((0.7 + 0.3) / 2) and with_labels["accuracy"] == 0.5
+    assert class_agreement(logits) == {"confidence": pytest.approx((0.7 + 0.6) / 2)}
+
+
+class _Sleeping:
+    """An objective whose every call takes at least ``seconds``: the timer must count it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, model, batch):
+        import time
+
+        time.sleep(self.seconds)
+        return {"loss": model(batch).square().mean()}
+
+
+def test_time_training_steps_counts_the_objectives_work_and_trains_the_model():
+    model = nn.Linear(3, 1)
+    before = model.weight.detach().clone()
+    seconds = time_training_steps(model, {"fast": _Sleeping(0.0), "slow": _Sleeping(0.02)}, torch.ones(4, 3), 3, 1)
+    assert set(seconds) == {"fast", "slow"} and 0 < seconds["fast"] < 0.02 <= seconds["slow"]
+    assert not torch.equal(model.weight, before)
 
 
 # Zero terminal SNR: the schedule, the denoiser and the losses at the last step
@@ -389,6 +452,11 @@ def test_fine_tuning_configs_start_from_their_pretraining_runs():
         assert fine["network"] == base["network"] and fine["process"] == base["process"]
         assert fine["objective"]["label_dropout"] == base["objective"]["label_dropout"]
         assert fine["sample"] == dict(sampler="ddim", steps=50, spacing="trailing", eta=0.0, clip_denoised=None)
+    base, fine = load_config("toy/sp_pretrain"), load_config("toy/self_perceptual")
+    assert fine["network"].pop("init_from") == "runs/toy-sp_pretrain/checkpoint.pt"
+    assert (
+        fine["network"] == base["network"] and fine["process"] == base["process"] and fine["sample"] == base["sample"]
+    )
     assert "extension" in load_config("cifar10/self_perceptual")["source"]
     with pytest.raises(ValueError, match="build_objective\\(cfg, model\\)"):
         build_objective(load_config("digits/self_perceptual"))

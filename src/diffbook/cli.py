@@ -5,8 +5,9 @@
 - ``exercises [--src notebooks] [--out students]``: write the students' copies of the notebooks.
 - ``train --config NAME [key=value ...] [--run-dir DIR] [--dry-run]``: train from a config (see
   :mod:`diffbook.config`); resumes from ``DIR/checkpoint.pt`` when there is one.
-- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9]``: one image
-  per seed, the same whatever the batch size or number of processes (see :mod:`diffbook.sampling`).
+- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9] [--vae ID]``:
+  one image per seed, the same whatever the batch size or number of processes (see :mod:`diffbook.sampling`);
+  a latent model's samples are decoded by the VAE.
 - ``evaluate --samples DIR --ref NAME|DIR [--metrics fid,kid,is,prdc] [--features digits|inception] [--out JSON]``:
   feature-space metrics of samples against a dataset of the registry, a folder of images, or (``--ref-stats``)
   clean-fid's precomputed Inception statistics.
@@ -14,6 +15,8 @@
 - ``sweep --config NAME --grid KEY=V1,V2 [--grid ...] --seeds 0-2 --out DIR [--samples N] [--jobs J] [key=value ...]``:
   one model per grid point and seed, trained, sampled and scored; ``DIR/table.md`` holds mean +- std per point
   (see :mod:`diffbook.sweep`). Finished runs are not redone.
+- ``precompute-latents --root DIR --out DIR [--data imagefolder] [--resolution 256] [--vae ID|PATH] [--flip]``:
+  encode a dataset once with Stable Diffusion's VAE, for the latent models' configs (``data.name: latents``).
 
 Errors a user can fix (an unknown config key, a bad seed range, a missing file) print one line and exit with 2.
 """
@@ -104,7 +107,7 @@ def _sample(args: argparse.Namespace) -> int:
     seeds = parse_int_ranges(args.seeds)
     labels = parse_int_ranges(args.class_labels, "class labels") if args.class_labels else None
     device = args.device or _default_device()
-    npz = sample_to_dir(args.ckpt, args.out, seeds, args.batch, args.config, labels, device)
+    npz = sample_to_dir(args.ckpt, args.out, seeds, args.batch, args.config, labels, device, vae=args.vae)
     print(f"Wrote samples to {args.out}/ ({npz.name})")
     return 0
 
@@ -199,6 +202,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precompute_latents(args: argparse.Namespace) -> int:
+    from diffbook.data import load_image_dataset
+    from diffbook.latents import SD_VAE, load_vae, precompute_latents
+
+    dataset = load_image_dataset(args.data, root=args.root, split=args.split, resolution=args.resolution, channels=3)
+    name = args.vae or SD_VAE
+    vae = load_vae(name, download=args.download, device=args.device or _default_device())
+    out = precompute_latents(vae, dataset, args.out, args.batch, args.flip, args.seed, vae_name=name)
+    print(f"Wrote the latents of {len(dataset)} image(s){' and their mirror images' if args.flip else ''} to {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand stores the function that runs it as ``run``."""
     parser = argparse.ArgumentParser(
@@ -227,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_train_feature_net(commands)
     _add_sweep(commands)
+    _add_precompute_latents(commands)
     return parser
 
 
@@ -249,6 +265,7 @@ def _add_sample(commands) -> None:
     sample.add_argument("--config", default=None, help="the run's config (default: config.yaml beside --ckpt)")
     sample.add_argument("--class-labels", default=None, help="labels cycled by seed, e.g. 0-9: seed k gets k %% 10")
     sample.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
+    sample.add_argument("--vae", default=None, help="latent models: the decoder's id or folder (default: the SD VAE)")
     sample.set_defaults(run=_sample)
 
 
@@ -292,6 +309,24 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every run")
     sweep.set_defaults(run=_sweep)
+
+
+def _add_precompute_latents(commands) -> None:
+    latents = commands.add_parser("precompute-latents", help="encode a dataset with the VAE, for latent training")
+    latents.add_argument("--root", required=True, help="the dataset's files, e.g. data/imagenet/train")
+    latents.add_argument("--out", required=True, help="folder for latents.npy, labels.npy and meta.json")
+    latents.add_argument("--data", default="imagefolder", help="an image dataset of the registry")
+    latents.add_argument("--split", default="train")
+    latents.add_argument("--resolution", type=int, default=256, help="images are resized and centre-cropped to it")
+    latents.add_argument(
+        "--vae", default=None, help="a Hugging Face id (from the local cache) or a folder (default: the SD VAE)"
+    )
+    latents.add_argument("--download", action="store_true", help="fetch the VAE from the Hugging Face Hub if absent")
+    latents.add_argument("--flip", action="store_true", help="also encode every image mirrored (DiT's flips)")
+    latents.add_argument("--batch", type=int, default=64, help="images per VAE call")
+    latents.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+    latents.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
+    latents.set_defaults(run=_precompute_latents)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,14 +3,17 @@
 A config has seven sections::
 
     source     free text: the paper table the config follows
-    data       name (a toy set or an image dataset), n (toy only), split, resolution, flip, root
-    network    kind (mlp | unet), preset (unet), overrides (UNetConfig fields or TimeMLP arguments), and
+    data       name (a toy set, an image dataset, or ``latents``: a precompute-latents folder as root),
+               n (toy only), split, resolution, flip, root
+    network    kind (mlp, or a key of NETWORKS: unet | diffit_unet | diffit | dit), preset (of that kind),
+               overrides (the fields of the kind's config class, or TimeMLP arguments), and
                init_from: a checkpoint to start training from (fine-tuning; see load_init_weights)
     process    kind (ddpm | edm | vp | ve | bcm) and that process's fields; bcm's two-time preconditioning
                wraps the network as a BidirectionalConsistency model f(x, t, u), the others as a Denoiser
     objective  kind (a key of OBJECTIVES) and the arguments of its builder
     train      the fields of diffbook.train.TrainConfig (steps, batch_size, lr, warmup_steps, grad_clip, ...)
-    sample     sampler (ddpm | ddim | heun | euler | consistency), steps, and that sampler's options
+    sample     sampler (ddpm | ddim | heun | euler | consistency), steps, and that sampler's options; the
+               diffusion samplers also take classifier-free guidance: cfg_scale, cfg_power, cfg_channels
 
 Keys that a section leaves out take the defaults of the class they configure. Every key is checked, so a typo
 anywhere is an error that names the closest valid keys rather than a setting silently ignored.
@@ -34,11 +37,28 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffbook.data import TOY_DATASETS, load_image_dataset, sample_toy
+from diffbook.data.latents import LatentDataset
 from diffbook.diffusion import DDPM, EDM, VE, VP, BCMProcess, BidirectionalConsistency, Denoiser
-from diffbook.nets import TimeMLP, UNet, UNetConfig, load_single_time_weights, unet_preset
-from diffbook.objectives import BCMLoss, DenoisingLoss, IsoLoss, SelfPerceptualLoss
+from diffbook.nets import (
+    DiffiTUNet,
+    DiffiTUNetConfig,
+    DiT,
+    DiTConfig,
+    LatentDiffiT,
+    LatentDiffiTConfig,
+    TimeMLP,
+    UNet,
+    UNetConfig,
+    diffit_unet_preset,
+    dit_preset,
+    latent_diffit_preset,
+    load_single_time_weights,
+    unet_preset,
+)
+from diffbook.objectives import BCMLoss, DenoisingLoss, HybridLoss, IsoLoss, SelfPerceptualLoss
 from diffbook.samplers import (
     SCHEDULES,
+    GuidedDenoiser,
     SamplerOutput,
     consistency_sample,
     ddim_sample,
@@ -53,10 +73,34 @@ Config = dict[str, Any]
 
 PROCESSES: dict[str, type] = {"ddpm": DDPM, "edm": EDM, "vp": VP, "ve": VE, "bcm": BCMProcess}
 
-_EDM_SAMPLER_OPTIONS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
+
+@dataclass(frozen=True)
+class NetworkKind:
+    """A network family of ``network.kind``: its config class, its preset lookup and the module it configures.
+
+    Every config class has ``in_channels``, ``resolution`` and ``num_classes`` fields.
+    """
+
+    config: type
+    preset: Callable[..., Any]
+    module: type[torch.nn.Module]
+
+
+NETWORKS: dict[str, NetworkKind] = {
+    "unet": NetworkKind(UNetConfig, unet_preset, UNet),
+    "diffit_unet": NetworkKind(DiffiTUNetConfig, diffit_unet_preset, DiffiTUNet),
+    "diffit": NetworkKind(LatentDiffiTConfig, latent_diffit_preset, LatentDiffiT),
+    "dit": NetworkKind(DiTConfig, dit_preset, DiT),
+}
+
+LATENT_DATA = "latents"  # data.name of a precompute-latents folder
+
+# Classifier-free guidance of the diffusion samplers (GuidedDenoiser's scale, power and channels).
+_GUIDANCE_OPTIONS = ("cfg_scale", "cfg_power", "cfg_channels")
+_EDM_SAMPLER_OPTIONS = ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise", *_GUIDANCE_OPTIONS)
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "ddpm": ("variance", "clip_denoised"),
-    "ddim": ("eta", "spacing", "clip_denoised"),
+    "ddpm": ("variance", "clip_denoised", *_GUIDANCE_OPTIONS),
+    "ddim": ("eta", "spacing", "clip_denoised", *_GUIDANCE_OPTIONS),
     "heun": _EDM_SAMPLER_OPTIONS,
     "euler": _EDM_SAMPLER_OPTIONS,
     "consistency": ("schedule",),  # a list of chains of noise levels; default: SCHEDULES[steps]
@@ -80,6 +124,7 @@ OBJECTIVES: dict[str, Callable[..., Callable]] = {
     "iso": _iso_loss,
     "self_perceptual": _self_perceptual_loss,
     "bcm": BCMLoss,
+    "hybrid": HybridLoss,
 }
 
 _FIXED_KEYS: dict[str, tuple[str, ...]] = {
@@ -176,8 +221,9 @@ def valid_keys(cfg: Config, section: str) -> tuple[str, ...]:
         sampler = _kind(cfg, "sample", SAMPLER_OPTIONS, key="sampler")
         return ("sampler", "steps", *SAMPLER_OPTIONS[sampler])
     if section == "network.overrides":
-        if _kind(cfg, "network", {"mlp": None, "unet": None}) == "unet":
-            return tuple(f.name for f in dataclasses.fields(UNetConfig))
+        kind = _kind(cfg, "network", ("mlp", *NETWORKS))
+        if kind != "mlp":
+            return tuple(f.name for f in dataclasses.fields(NETWORKS[kind].config))
         return tuple(inspect.signature(TimeMLP).parameters)
     raise ValueError(f"unknown config section {section!r}")
 
@@ -213,7 +259,7 @@ def to_yaml(cfg: Config) -> str:
 
 
 def _tuples(options: dict[str, Any]) -> dict[str, Any]:
-    """YAML lists as tuples, which the frozen, hashable UNetConfig expects."""
+    """YAML lists as tuples, which the frozen, hashable network configs expect."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
@@ -222,17 +268,23 @@ def is_toy(cfg: Config) -> bool:
     return cfg["data"]["name"] in TOY_DATASETS
 
 
+def network_config(cfg: Config) -> Any:
+    """The config object (``UNetConfig``, ``DiffiTUNetConfig``, ...) of a network with a preset: not ``mlp``."""
+    network = cfg["network"]
+    kind = _kind(cfg, "network", NETWORKS)
+    return NETWORKS[kind].preset(network["preset"], **_tuples(network.get("overrides") or {}))
+
+
 def build_network(cfg: Config) -> torch.nn.Module:
     """The raw network ``net(x, noise_labels, class_labels=None)``."""
     network = cfg["network"]
-    overrides = _tuples(network.get("overrides") or {})
     if network["kind"] == "mlp":
-        return TimeMLP(**overrides)
-    unet_config = unet_preset(network["preset"], **overrides)
+        return TimeMLP(**_tuples(network.get("overrides") or {}))
+    config = network_config(cfg)
     resolution = cfg["data"].get("resolution")
-    if resolution is not None and resolution != unet_config.resolution:
-        raise ValueError(f"data.resolution = {resolution} but the U-Net is built for {unet_config.resolution}")
-    return UNet(unet_config)
+    if cfg["data"]["name"] != LATENT_DATA and resolution is not None and resolution != config.resolution:
+        raise ValueError(f"data.resolution = {resolution} but the network is built for {config.resolution}")
+    return NETWORKS[network["kind"]].module(config)
 
 
 def build_process(cfg: Config) -> DDPM | EDM | VP | VE:
@@ -276,8 +328,8 @@ def sample_shape(cfg: Config) -> tuple[int, ...]:
     network = cfg["network"]
     if network["kind"] == "mlp":
         return ((network.get("overrides") or {}).get("dim", 2),)
-    unet_config = unet_preset(network["preset"], **_tuples(network.get("overrides") or {}))
-    return (unet_config.in_channels, unet_config.resolution, unet_config.resolution)
+    config = network_config(cfg)
+    return (config.in_channels, config.resolution, config.resolution)
 
 
 def num_classes(cfg: Config) -> int:
@@ -285,7 +337,7 @@ def num_classes(cfg: Config) -> int:
     overrides = cfg["network"].get("overrides") or {}
     if cfg["network"]["kind"] == "mlp":
         return overrides.get("num_classes", 0)
-    return unet_preset(cfg["network"]["preset"], **_tuples(overrides)).num_classes
+    return network_config(cfg).num_classes
 
 
 class ImagesOnly(Dataset):
@@ -307,6 +359,9 @@ def build_dataset(cfg: Config) -> Tensor | Dataset:
     data = cfg["data"]
     if is_toy(cfg):
         return sample_toy(data["name"], data["n"], seed=cfg["train"].get("seed", 0))
+    if data["name"] == LATENT_DATA:
+        latents = LatentDataset(data["root"])
+        return latents if num_classes(cfg) else ImagesOnly(latents)
     dataset = load_image_dataset(
         data["name"],
         root=data.get("root", "data"),
@@ -340,7 +395,9 @@ def build_objective(cfg: Config, model: Denoiser | None = None) -> Callable:
 class Sampler:
     """A configured sampler: ``sampler(denoiser, noise, class_labels, generator) -> SamplerOutput``.
 
-    ``noise: (B, ...)`` is standard normal; ``generator`` feeds any noise the sampler adds on the way.
+    ``noise: (B, ...)`` is standard normal; ``generator`` feeds any noise the sampler adds on the way. The
+    options ``cfg_scale``, ``cfg_power`` and ``cfg_channels`` wrap the denoiser in classifier-free guidance
+    (:class:`~diffbook.samplers.GuidedDenoiser`'s scale, power-cosine exponent and guided channels).
     """
 
     name: str
@@ -365,13 +422,14 @@ class Sampler:
         class_labels: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> SamplerOutput:
+        if self.name == "consistency":
+            return consistency_sample(denoiser, noise, self.schedule, class_labels=class_labels, generator=generator)
+        denoiser = self._guided(denoiser)
         if self.name == "ddpm":
             return ddpm_sample(denoiser, denoiser.process, noise, self.steps, **self._kwargs(class_labels, generator))
         if self.name == "ddim":
             return ddim_sample(denoiser, denoiser.process, noise, self.steps, **self._kwargs(class_labels, generator))
-        if self.name == "consistency":
-            return consistency_sample(denoiser, noise, self.schedule, class_labels=class_labels, generator=generator)
-        options = dict(self.options)
+        options = self._sampler_options
         sigmas = karras_sigmas(
             self.steps,
             options.pop("sigma_min", None) or denoiser.process.sigma_min,
@@ -381,7 +439,19 @@ class Sampler:
         return edm_sample(denoiser, noise, sigmas, self.name, class_labels=class_labels, generator=generator, **options)
 
     def _kwargs(self, class_labels: Tensor | None, generator: torch.Generator | None) -> dict[str, Any]:
-        return dict(self.options, class_labels=class_labels, generator=generator)
+        return dict(self._sampler_options, class_labels=class_labels, generator=generator)
+
+    @property
+    def _sampler_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k not in _GUIDANCE_OPTIONS}
+
+    def _guided(self, denoiser: Denoiser) -> Denoiser | GuidedDenoiser:
+        scale = self.options.get("cfg_scale")
+        if scale is None or scale == 1.0:
+            return denoiser
+        return GuidedDenoiser(
+            denoiser, scale, channels=self.options.get("cfg_channels"), power=self.options.get("cfg_power")
+        )
 
     @property
     def schedule(self) -> tuple[tuple[float, ...], ...]:

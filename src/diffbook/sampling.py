@@ -25,7 +25,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from diffbook.config import Config, Sampler, build_model, build_sampler, load_config, num_classes, sample_shape
+from diffbook.config import (
+    LATENT_DATA,
+    Config,
+    Sampler,
+    build_model,
+    build_sampler,
+    load_config,
+    num_classes,
+    sample_shape,
+)
 from diffbook.data import load_image_dataset, stack_dataset
 from diffbook.diffusion import Denoiser
 
@@ -156,11 +165,14 @@ def sample_to_dir(
     class_labels: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     shard: Shard | None = None,
+    vae: str | Path | None = None,
 ) -> Path:
     """Sample this shard's ``seeds`` from a checkpoint into ``out_dir`` and return its ``.npz`` path.
 
     Images go to ``{seed:06d}.png`` and, with their seeds, to the npz as ``images: (N, H, W, C)`` uint8;
-    2-D toy points go to the npz only, as ``samples: (N, 2)`` float32.
+    2-D toy points go to the npz only, as ``samples: (N, 2)`` float32. A latent model's samples (its config's
+    ``data.name`` is ``latents``) are decoded to images by ``vae`` (default: Stable Diffusion's, from the local
+    Hugging Face cache; see :func:`diffbook.latents.load_vae`).
     """
     shard = shard or Shard.from_env()
     _require_checkpoint(ckpt)
@@ -168,13 +180,14 @@ def sample_to_dir(
     if class_labels is not None and not num_classes(cfg):
         raise ValueError("--class-labels given, but the model is unconditional (num_classes = 0)")
     model = load_checkpoint_model(ckpt, cfg).to(device)
+    decoder = _latent_decoder(cfg, vae, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = sample_shape(cfg)
     my_seeds, chunks = shard.take(seeds), []
     for batch, samples in generate(model, build_sampler(cfg), my_seeds, shape, batch_size, class_labels, device):
         if len(shape) == 3:
-            images = to_uint8(samples)
+            images = to_uint8(samples if decoder is None else decoder(samples))
             write_pngs(out_dir, batch, images)
             chunks.append(images)
         else:
@@ -183,6 +196,18 @@ def sample_to_dir(
     npz_path = out_dir / shard.npz_name
     np.savez(npz_path, **{key: np.concatenate(chunks), "seeds": np.asarray(my_seeds, dtype=np.int64)})
     return npz_path
+
+
+def _latent_decoder(cfg: Config, vae: str | Path | None, device: torch.device | str) -> Callable | None:
+    """Latents ``(B, 4, h, w)`` -> images ``(B, 3, 8h, 8w)`` for a latent model's config; None for the others."""
+    if cfg["data"]["name"] != LATENT_DATA:
+        if vae is not None:
+            raise ValueError("a VAE was given, but the model samples pixels, not latents")
+        return None
+    from diffbook.latents import SD_VAE, decode, load_vae
+
+    autoencoder = load_vae(vae or SD_VAE, device=device)
+    return lambda latents: decode(autoencoder, latents)
 
 
 def load_samples(sample_dir: str | Path) -> Tensor:

@@ -6,8 +6,9 @@ Trainer's checkpoint (an interrupted run resumes), ``samples.pt`` and ``metrics.
 ``metrics.json`` is done and is not redone, so a sweep can be stopped and restarted, or extended.
 
 Scoring follows the data. Toy points: precision, recall, density and coverage (k = 5) and the sliced
-Wasserstein distance against a fresh draw of the same size. Digits: the same PRDC and FID on the digits
-feature network against the whole set. Other image sets: on Inception features (needs the weights).
+Wasserstein distance against a fresh draw of the same size; a consistency model on a Gaussian mixture adds its
+multistep, inversion and jump scores against the exact ODE (:func:`flow_scores`). Digits: the same PRDC and FID
+on the digits feature network against the whole set. Other image sets: on Inception features (needs the weights).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def run_one(
         "run": run.name,
         "overrides": list(run.overrides),
         "seed": run.seed,
-        "metrics": score(cfg, samples, reference),
+        "metrics": score(cfg, samples, reference) | flow_scores(cfg, trained, len(reference), run.seed),
         "train_steps": cfg["train"]["steps"],
         "train_seconds": train_seconds,
         "sample_seconds": sample_seconds,
@@ -186,6 +187,21 @@ def score(cfg: dict[str, Any], samples: Tensor, reference: Tensor) -> dict[str, 
     fake_features, fake_logits = extract_features(net, fake)
     real_features, _ = extract_features(net, reference)
     return feature_metrics(["fid", "prdc"], fake_features, fake_logits, real_features)
+
+
+def flow_scores(cfg: dict[str, Any], model: torch.nn.Module, count: int, seed: int) -> dict[str, float]:
+    """A consistency model (``process.kind: bcm``) on a Gaussian-mixture toy set: its multistep generation,
+    inversions and jumps against the exact ODE (:func:`diffbook.metrics.flow.consistency_scores`). Nothing for
+    other runs, whose samples :func:`score` covers."""
+    if cfg["process"]["kind"] != "bcm" or not is_toy(cfg):
+        return {}
+    from diffbook.data import GaussianMixture, density, has_density
+    from diffbook.metrics.flow import consistency_scores
+
+    name = cfg["data"]["name"]
+    if not has_density(name) or not isinstance(mixture := density(name), GaussianMixture):
+        return {}
+    return consistency_scores(model, mixture, count, seed)
 
 
 def run_sweep(

@@ -10,6 +10,7 @@ from diffbook.data.images import (
     load_image_dataset,
     stack_dataset,
 )
+from diffbook.data.latents import LatentDataset
 from diffbook.data.toy2d import (
     TOY_DATASETS,
     Banana,
@@ -34,6 +35,7 @@ __all__ = [
     "GaussianMixture",
     "ImageDatasetSpec",
     "ImageTransform",
+    "LatentDataset",
     "class_names",
     "density",
     "eight_gaussians_mixture",

@@ -51,7 +51,10 @@ def vp_scalings(process: Process, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor
 class Denoiser(nn.Module):
     """``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` around a raw network ``F``.
 
-    ``F`` follows the package's network interface ``net(x, noise_labels, class_labels=None)``.
+    ``F`` follows the package's network interface ``net(x, noise_labels, class_labels=None)``. A network with
+    ``learn_sigma = True`` (DiT, the latent DiffiT) returns twice the channels of ``x``: ``F``, then ADM's
+    variance interpolation ``v``, which only :meth:`raw_vp_variance` and :meth:`forward_vp_variance` return
+    (for the DDPM sampler's ``variance="learned"``); everything else sees ``F`` alone.
     """
 
     def __init__(self, net: nn.Module, process: Process) -> None:
@@ -69,8 +72,16 @@ class Denoiser(nn.Module):
         sigma = as_batch(sigma, x)
         c_skip, c_out, c_in, c_noise = self.process.scalings(sigma)
         c_skip, c_out, c_in = (append_dims(c.to(x.dtype), x.ndim) for c in (c_skip, c_out, c_in))
-        out = self.net(c_in * x, c_noise.to(x.dtype), class_labels)
+        out, _ = self._net(c_in * x, c_noise.to(x.dtype), class_labels)
         return out, (c_skip, c_out, c_in, c_noise)
+
+    def _net(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The network's prediction ``F: (B, C, ...)`` and its variance channels ``v`` (None unless ``learn_sigma``)."""
+        out = self.net(x_in, c_noise, class_labels)
+        if not getattr(self.net, "learn_sigma", False):
+            return out, None
+        prediction, v = out.chunk(2, dim=1)
+        return prediction, v
 
     def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         """The denoised estimate ``E[x_0 | x]``: same shape as ``x``."""
@@ -84,14 +95,30 @@ class Denoiser(nn.Module):
 
         Returns ``F`` and the broadcastable :func:`vp_scalings`; finite at ``sigma = inf`` for a DDPM process.
         """
+        out, _, scalings = self.raw_vp_variance(x_vp, sigma, class_labels)
+        return out, scalings
+
+    def raw_vp_variance(
+        self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
+        """As :meth:`raw_vp`, with the variance channels ``v: (B, ...)`` between: None unless ``learn_sigma``."""
         sigma = as_batch(sigma, x_vp)
         c_skip, c_out, c_in, c_noise = vp_scalings(self.process, sigma)
         c_skip, c_out, c_in = (append_dims(c.to(x_vp.dtype), x_vp.ndim) for c in (c_skip, c_out, c_in))
-        out = self.net(c_in * x_vp, c_noise.to(x_vp.dtype), class_labels)
-        return out, (c_skip, c_out, c_in, c_noise)
+        out, v = self._net(c_in * x_vp, c_noise.to(x_vp.dtype), class_labels)
+        return out, v, (c_skip, c_out, c_in, c_noise)
 
     def forward_vp(self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         """``E[x_0 | x]`` from the variance-preserving state ``x_vp: (B, ...)``; equals ``forward`` at
         ``x = sqrt(1 + sigma^2) x_vp`` for finite ``sigma``, and is defined at ``sigma = inf`` too."""
         out, (c_skip, c_out, _, _) = self.raw_vp(x_vp, sigma, class_labels)
         return c_skip * x_vp + c_out * out
+
+    def forward_vp_variance(
+        self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``E[x_0 | x]`` and ADM's variance interpolation ``v`` (both ``(B, ...)``) of a ``learn_sigma`` network."""
+        out, v, (c_skip, c_out, _, _) = self.raw_vp_variance(x_vp, sigma, class_labels)
+        if v is None:
+            raise ValueError(f"{type(self.net).__name__} does not learn its variance: build it with learn_sigma=True")
+        return c_skip * x_vp + c_out * out, v

@@ -282,3 +282,32 @@ def feature_metrics(
     if "prdc" in metrics:
         results.update(prdc(reference_features, sample_features, k=5))
     return results
+
+
+def class_agreement(logits: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+    """How surely a classifier reads samples as their class: ``logits: (N, K)``, ``labels: (N,)`` int64 or None.
+
+    With labels (class-conditional samples): ``confidence``, the mean softmax probability of each sample's own
+    label, and ``accuracy``, the fraction classified as it. Without: ``confidence``, the mean largest probability.
+    """
+    probs = logits.float().softmax(dim=1)
+    if labels is None:
+        return {"confidence": probs.max(dim=1).values.mean().item()}
+    own = probs.gather(1, labels.long()[:, None]).squeeze(1)
+    return {"confidence": own.mean().item(), "accuracy": (probs.argmax(dim=1) == labels).float().mean().item()}
+
+
+def digits_scores(samples: Tensor, reference: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+    """FID and PRDC (k = 5) on the digits feature network, and :func:`class_agreement` with ``labels``.
+
+    ``samples: (N, 1, 16, 16)`` in [-1, 1], quantised to uint8 as saved images are; ``reference: (M, 1, 16, 16)``
+    uint8 (e.g. :func:`diffbook.sampling.load_reference`); ``labels: (N,)`` the classes the samples were drawn for.
+    """
+    from diffbook.sampling import to_uint8  # sampling imports the configs, which need not load with the metrics
+
+    net = load_digits_feature_net()
+    fake = torch.from_numpy(to_uint8(samples)).permute(0, 3, 1, 2)
+    fake_features, fake_logits = extract_features(net, fake)
+    real_features, _ = extract_features(net, reference)
+    scores = feature_metrics(["fid", "prdc"], fake_features, fake_logits, real_features)
+    return {**scores, **class_agreement(fake_logits, labels)}

@@ -3,7 +3,19 @@
 What the noise label means and what the output estimates are the preconditioner's business, not the network's.
 """
 
+from diffbook.nets.diffit import (
+    DIFFIT_UNET_PRESETS,
+    LATENT_DIFFIT_PRESETS,
+    TIME_MODES,
+    DiffiTUNet,
+    DiffiTUNetConfig,
+    LatentDiffiT,
+    LatentDiffiTConfig,
+    diffit_unet_preset,
+    latent_diffit_preset,
+)
 from diffbook.nets.diffusers_unet import DiffusersUNet
+from diffbook.nets.dit import DIT_PRESETS, DiT, DiTConfig, dit_preset
 from diffbook.nets.embeddings import (
     ConditionEmbedding,
     EmbeddingMLP,
@@ -12,23 +24,37 @@ from diffbook.nets.embeddings import (
     TwoTimeEmbedding,
     load_single_time_weights,
 )
-from diffbook.nets.features import DiffusersUNetEncoder, UNetEncoder, middle_block_encoder
+from diffbook.nets.features import DiffusersUNetEncoder, TimeMLPEncoder, UNetEncoder, middle_block_encoder
 from diffbook.nets.mlp import TimeMLP
 from diffbook.nets.unet import UNET_PRESETS, UNet, UNetConfig, unet_preset
 
 __all__ = [
+    "DIFFIT_UNET_PRESETS",
+    "DIT_PRESETS",
+    "LATENT_DIFFIT_PRESETS",
+    "TIME_MODES",
     "ConditionEmbedding",
+    "DiT",
+    "DiTConfig",
+    "DiffiTUNet",
+    "DiffiTUNetConfig",
     "DiffusersUNet",
     "DiffusersUNetEncoder",
     "EmbeddingMLP",
     "FourierEmbedding",
+    "LatentDiffiT",
+    "LatentDiffiTConfig",
     "SinusoidalEmbedding",
     "TimeMLP",
+    "TimeMLPEncoder",
     "TwoTimeEmbedding",
     "UNET_PRESETS",
     "UNet",
     "UNetConfig",
     "UNetEncoder",
+    "diffit_unet_preset",
+    "dit_preset",
+    "latent_diffit_preset",
     "load_single_time_weights",
     "middle_block_encoder",
     "unet_preset",

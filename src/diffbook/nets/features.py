@@ -8,7 +8,8 @@ hold only the modules on the path to the middle block:
     noise (and class or text) embedding -> conv_in -> down blocks -> middle block
 
 :func:`middle_block_encoder` builds one for the package's :class:`~diffbook.nets.UNet`, for diffusers'
-``UNet2DConditionModel``, and for that model wrapped as a package network (:class:`DiffusersUNet`). Each is
+``UNet2DConditionModel``, and for that model wrapped as a package network (:class:`DiffusersUNet`). The 2D
+:class:`~diffbook.nets.TimeMLP` has no middle block; its stand-in is the middle hidden layer. Each is
 called like the network it came from, ``encoder(x, noise_labels, class_labels=None)``, and shares that
 network's modules (copy it to freeze it apart from the original).
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 import sys
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from diffbook.nets.diffusers_unet import DiffusersUNet
+from diffbook.nets.mlp import TimeMLP, distinct_embeddings
 from diffbook.nets.unet import UNet
 
 
@@ -42,6 +45,24 @@ class UNetEncoder(nn.Module):
             x = block(x, emb)
         for block in self.mid:
             x = block(x, emb)
+        return x
+
+
+class TimeMLPEncoder(nn.Module):
+    """A :class:`~diffbook.nets.TimeMLP` up to its middle hidden layer, layer ``ceil(depth / 2)`` (the second of
+    three): ``(B, dim) -> (B, hidden)``, the activations after that layer's SiLU."""
+
+    def __init__(self, mlp: TimeMLP) -> None:
+        super().__init__()
+        keep = (len(mlp.layers) + 1) // 2
+        self.embed = mlp.embed
+        self.layers, self.emb_proj = mlp.layers[:keep], mlp.emb_proj[:keep]
+
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """x: (B, dim), noise_labels: (B,) (``(B, 2)`` for a two-time MLP), class_labels: (B,) int64 or None."""
+        emb, rows = distinct_embeddings(self.embed, noise_labels, class_labels)
+        for layer, proj in zip(self.layers, self.emb_proj, strict=True):
+            x = F.silu(layer(x) + proj(emb)[rows])
         return x
 
 
@@ -92,12 +113,14 @@ def middle_block_encoder(net: nn.Module) -> nn.Module:
     """The encoder of ``net`` up to its middle block, sharing ``net``'s modules (see the module docstring)."""
     if isinstance(net, UNet):
         return UNetEncoder(net)
+    if isinstance(net, TimeMLP):
+        return TimeMLPEncoder(net)
     if isinstance(net, DiffusersUNet):
         return DiffusersUNetEncoder(net.unet)
     diffusers = sys.modules.get("diffusers")  # a diffusers model means diffusers is already imported
     if diffusers is not None and isinstance(net, diffusers.UNet2DConditionModel):
         return DiffusersUNetEncoder(net)
     raise ValueError(
-        f"no middle-block encoder for {type(net).__name__}; supported: diffbook's UNet, diffusers' "
+        f"no middle-block encoder for {type(net).__name__}; supported: diffbook's UNet and TimeMLP, diffusers' "
         "UNet2DConditionModel and DiffusersUNet"
     )

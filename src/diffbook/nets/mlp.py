@@ -45,12 +45,16 @@ class TimeMLP(nn.Module):
         return self.out(x)
 
     def _distinct_embeddings(self, noise_labels: Tensor, class_labels: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The embeddings of the distinct unconditional noise labels, and each sample's row among them.
+        return distinct_embeddings(self.embed, noise_labels, class_labels)
 
-        A sampler's batch shares one noise level, so this embeds and projects it once instead of once per point:
-        half the work of a sampling step. Class-conditional batches are embedded row by row.
-        """
-        if class_labels is not None:
-            return self.embed(noise_labels, class_labels), torch.arange(len(noise_labels), device=noise_labels.device)
-        distinct, rows = torch.unique(noise_labels, dim=0, return_inverse=True)
-        return self.embed(distinct, None), rows
+
+def distinct_embeddings(embed: nn.Module, noise_labels: Tensor, class_labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The embeddings of the distinct unconditional noise labels, and each sample's row among them.
+
+    A sampler's batch shares one noise level, so this embeds and projects it once instead of once per point:
+    half the work of a sampling step. Class-conditional batches are embedded row by row.
+    """
+    if class_labels is not None:
+        return embed(noise_labels, class_labels), torch.arange(len(noise_labels), device=noise_labels.device)
+    distinct, rows = torch.unique(noise_labels, dim=0, return_inverse=True)
+    return embed(distinct, None), rows

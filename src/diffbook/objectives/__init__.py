@@ -4,10 +4,12 @@ from diffbook.objectives.bcm import BCMLoss
 from diffbook.objectives.denoising import DenoisingLoss, split_batch
 from diffbook.objectives.iso import IsoLoss, isotropy_penalty
 from diffbook.objectives.self_perceptual import SelfPerceptualLoss, frozen_middle_block_encoder
+from diffbook.objectives.vlb import HybridLoss
 
 __all__ = [
     "BCMLoss",
     "DenoisingLoss",
+    "HybridLoss",
     "IsoLoss",
     "SelfPerceptualLoss",
     "frozen_middle_block_encoder",

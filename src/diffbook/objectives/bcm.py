@@ -55,8 +55,9 @@ def curriculum(step: int, s0: int, s1: int, total_steps: int) -> int:
     """iCT's ``N(k) = min(s1, s0 2^floor(k / K')) + 1`` with ``K' = floor(K / (log2(s1 / s0) + 1))``.
 
     ``s0 = 10, s1 = 1280, K = 800k``: N = 11, 21, ..., 1281, doubling every 100k steps. ``s0 = s1`` fixes N.
+    Runs shorter than the number of doublings (a smoke test) double every step.
     """
-    stage_steps = math.floor(total_steps / (math.log2(s1 / s0) + 1))
+    stage_steps = max(1, math.floor(total_steps / (math.log2(s1 / s0) + 1)))
     return min(s1, s0 * 2 ** (step // stage_steps)) + 1
 
 
@@ -93,7 +94,12 @@ def same_dropout(seed: int, device: torch.device) -> Iterator[None]:
     Entering it before each network call of one step gives every call the same dropout masks.
     """
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        # Only the generators that draw the masks: torch.manual_seed would also queue a seeding of every lazily
+        # initialised CUDA device, recording a stack trace each time (5 ms a call on a CPU, and a growing queue).
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
         yield
 
 

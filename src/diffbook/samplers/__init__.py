@@ -4,30 +4,39 @@
 from diffbook.samplers.common import DenoiserFn, SamplerOutput
 from diffbook.samplers.consistency import (
     INVERSIONS,
+    MULTISTEP_LEVELS,
     SCHEDULES,
     consistency_sample,
+    inversion_chain,
     invert,
+    multistep_schedule,
     reconstruct,
     run_schedule,
     schedule_nfe,
 )
-from diffbook.samplers.ddpm import ddim_sample, ddpm_sample, timesteps
-from diffbook.samplers.edm import edm_sample, karras_sigmas
-from diffbook.samplers.guidance import GuidedDenoiser, guide
+from diffbook.samplers.ddpm import ancestral_variance, ddim_sample, ddpm_sample, timesteps
+from diffbook.samplers.edm import edm_sample, karras_sigmas, ode_flow
+from diffbook.samplers.guidance import GuidedDenoiser, guide, power_cosine_scale
 
 __all__ = [
     "INVERSIONS",
+    "MULTISTEP_LEVELS",
     "SCHEDULES",
     "DenoiserFn",
     "GuidedDenoiser",
     "SamplerOutput",
+    "ancestral_variance",
     "consistency_sample",
     "ddim_sample",
     "ddpm_sample",
     "edm_sample",
     "guide",
+    "inversion_chain",
     "invert",
     "karras_sigmas",
+    "multistep_schedule",
+    "ode_flow",
+    "power_cosine_scale",
     "reconstruct",
     "run_schedule",
     "schedule_nfe",

@@ -38,6 +38,17 @@ def denoise_vp(denoiser: DenoiserFn, x_vp: Tensor, sigma: float, class_labels: T
     return denoise(denoiser, x_vp * (1 + sigma**2) ** 0.5, sigma, class_labels)
 
 
+def denoise_vp_variance(
+    denoiser: DenoiserFn, x_vp: Tensor, sigma: float, class_labels: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``E[x0 | x]`` and the learned variance interpolation ``v``, both ``(B, ...)``, from a denoiser with a
+    ``forward_vp_variance`` method (:class:`~diffbook.diffusion.Denoiser` of a ``learn_sigma`` network)."""
+    forward = getattr(denoiser, "forward_vp_variance", None)
+    if forward is None:
+        raise ValueError("variance='learned' needs a denoiser with forward_vp_variance, such as diffusion.Denoiser")
+    return forward(x_vp, sigma, class_labels)
+
+
 @dataclass
 class SamplerOutput:
     """Samples, the number of network evaluations spent on them, and optionally the path they took.

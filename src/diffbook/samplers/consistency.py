@@ -26,6 +26,7 @@ exactly at 0.1; the two differ by 0.02 % of the noise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -47,6 +48,38 @@ SCHEDULES: dict[int, tuple[tuple[float, ...], ...]] = {
 
 INVERSIONS: dict[int, tuple[float, ...]] = {1: (0.07, 80.0), 2: (0.07, 15.0, 80.0)}
 """The authors' ImageNet-64 inversion chains by NFE, from clean data."""
+
+
+MULTISTEP_LEVELS: dict[int, tuple[float, ...]] = {
+    1: (80.0,),
+    2: (80.0, 2.4),
+    3: (80.0, 1.2, 0.1),
+    4: (80.0, 3.0, 0.4, 0.12),
+}
+"""For each NFE, the levels above ``sigma_min`` that :data:`SCHEDULES` visits, from the top: where a consistency
+model's own multistep sampler (:func:`multistep_schedule`) restarts, for a like-for-like comparison."""
+
+
+def multistep_schedule(levels: Sequence[float], sigma_min: float = 0.002) -> tuple[tuple[float, float], ...]:
+    """A consistency model's multistep sampler (Song et al. 2023, Algorithm 1) as a schedule: from each of the
+    decreasing ``levels`` one jump to ``sigma_min``, re-noising to the next level in between. NFE = ``len(levels)``.
+
+    Every jump ends at ``sigma_min``, the only end a consistency model is trained for; a BCM's chains jump between
+    intermediate levels too, without fresh noise.
+    """
+    if any(b >= a for a, b in zip(levels[:-1], levels[1:], strict=True)) or min(levels, default=0.0) <= sigma_min:
+        raise ValueError(f"levels must decrease and stay above sigma_min = {sigma_min}, got {list(levels)}")
+    return tuple((float(level), sigma_min) for level in levels)
+
+
+def inversion_chain(nfe: int, start: float = 0.07, end: float = 80.0) -> tuple[float, ...]:
+    """The inversion chain of ``nfe`` jumps from ``start`` up to ``end``: the authors' :data:`INVERSIONS` at 1 and
+    2 NFE (with their default ends), otherwise ours, levels uniform in ``ln sigma``."""
+    if nfe in INVERSIONS and (start, end) == (0.07, 80.0):
+        return INVERSIONS[nfe]
+    if nfe < 1:
+        raise ValueError(f"an inversion needs at least one jump, got nfe={nfe}")
+    return tuple(torch.linspace(math.log(start), math.log(end), nfe + 1, dtype=torch.float64).exp().tolist())
 
 
 def schedule_nfe(schedule: Schedule) -> int:

@@ -11,6 +11,7 @@ is the noise itself, the denoiser's VP form gives ``x0_hat`` there (``-v_hat`` f
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -18,9 +19,17 @@ from torch import Tensor
 
 from diffbook.diffusion.ddpm import DDPM
 from diffbook.diffusion.parametrization import from_x0
-from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise_vp, randn_like
+from diffbook.samplers.common import (
+    DenoiserFn,
+    SamplerOutput,
+    TrajectoryRecorder,
+    denoise_vp,
+    denoise_vp_variance,
+    randn_like,
+)
 
 Spacing = Literal["linspace", "leading", "trailing"]
+Variance = Literal["large", "small", "learned"]
 
 
 def timesteps(T: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
@@ -48,13 +57,34 @@ def _step_quantities(process: DDPM, t: int, x_t: Tensor, denoiser: DenoiserFn, c
     return alpha_bar, x0
 
 
+def ancestral_variance(
+    variance: Variance, beta: float, alpha_bar: float, alpha_bar_prev: float, v: Tensor | None = None
+) -> float | Tensor:
+    """The variance of one ancestral step from ``t`` to the previous kept step (``beta = 1 - ab / ab_prev``).
+
+    ``"large"``: ``beta``; ``"small"``: the posterior variance ``beta~ = beta (1 - ab_prev) / (1 - ab)``;
+    ``"learned"``: ADM's learned range (Nichol & Dhariwal 2021, Eq. 15), ``exp(f log beta + (1 - f) log beta~)``
+    with ``f = (v + 1) / 2`` from the network's variance channels ``v: (B, ...)``, so ``v = 1`` is ``"large"``
+    and ``v = -1`` is ``"small"``. With respacing, ``beta`` and ``beta~`` are those of the respaced chain, as in ADM.
+    """
+    small = beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    if variance == "large":
+        return beta
+    if variance == "small":
+        return small
+    if variance != "learned" or v is None:
+        raise ValueError(f"variance must be 'large', 'small' or 'learned' (with the network's v), got {variance!r}")
+    frac = (v + 1) / 2
+    return torch.exp(frac * math.log(beta) + (1 - frac) * math.log(small))
+
+
 @torch.no_grad()
 def ddpm_sample(
     denoiser: DenoiserFn,
     process: DDPM,
     noise: Tensor,
     steps: int | None = None,
-    variance: Literal["large", "small"] = "large",
+    variance: Variance = "large",
     class_labels: Tensor | None = None,
     clip_denoised: float | None = None,
     generator: torch.Generator | None = None,
@@ -63,14 +93,20 @@ def ddpm_sample(
     """Ancestral sampling from ``x_T = noise: (B, ...)``.
 
     ``variance='large'`` is ``sigma_t^2 = beta_t`` (Ho et al.'s CIFAR-10 choice), ``'small'`` the posterior
-    variance ``beta~_t``. The last step returns the posterior mean. ``clip_denoised`` clamps ``x0_hat`` to
-    ``[-c, c]`` (DDPM clips images to [-1, 1]). NFE = number of steps (``T`` by default).
+    variance ``beta~_t``, ``'learned'`` ADM's interpolation between them by the network's variance channels
+    (a ``learn_sigma`` network; see :func:`ancestral_variance`). The last step returns the posterior mean.
+    ``clip_denoised`` clamps ``x0_hat`` to ``[-c, c]`` (DDPM clips images to [-1, 1]). NFE = number of steps
+    (``T`` by default).
     """
     ts = timesteps(process.T, steps or process.T)
     record = TrajectoryRecorder(return_trajectory)
     x = noise
     for i, t in enumerate(ts):
-        alpha_bar, x0 = _step_quantities(process, t, x, denoiser, class_labels)
+        if variance == "learned":
+            alpha_bar = float(process.alpha_bar[t])
+            x0, v = denoise_vp_variance(denoiser, x, float(process.sigmas[t]), class_labels)
+        else:
+            (alpha_bar, x0), v = _step_quantities(process, t, x, denoiser, class_labels), None
         record.vp(x, float(process.sigmas[t]))
         if clip_denoised is not None:
             x0 = x0.clamp(-clip_denoised, clip_denoised)
@@ -80,7 +116,7 @@ def ddpm_sample(
         if i + 1 == len(ts):
             x = mean
         else:
-            var = beta if variance == "large" else beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
+            var = ancestral_variance(variance, beta, alpha_bar, alpha_bar_prev, v)
             x = mean + var**0.5 * randn_like(x, generator)
     record(x, 0.0)
     return record.output(x, nfe=len(ts))

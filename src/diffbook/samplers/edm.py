@@ -1,8 +1,10 @@
 """EDM's samplers (Karras et al. 2022, Algorithms 1-2): Euler and Heun on the probability-flow ODE
-``dx/dsigma = (x - D(x; sigma)) / sigma``, optionally with "churn" (stochastic noise injection)."""
+``dx/dsigma = (x - D(x; sigma)) / sigma``, optionally with "churn" (stochastic noise injection); and the same
+ODE between any two positive levels, either way (:func:`ode_flow`: DDIM inversion, exact reference flows)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -68,3 +70,38 @@ def edm_sample(
         x = x_next
     record(x, 0.0)
     return record.output(x, nfe)
+
+
+@torch.no_grad()
+def ode_flow(
+    denoiser: DenoiserFn,
+    x: Tensor,
+    t: float,
+    u: float,
+    steps: int,
+    solver: Literal["heun", "euler"] = "heun",
+    class_labels: Tensor | None = None,
+) -> SamplerOutput:
+    """Carry ``x: (B, ...)`` from noise level ``t`` to level ``u`` along ``dx/dsigma = (x - D(x; sigma)) / sigma``,
+    down (``u < t``, generation) or up (``u > t``, inversion): ``steps`` steps uniform in ``ln sigma``.
+
+    One Euler step is a DDIM step, ``x <- (b/a) x + (1 - b/a) D(x; a)``; upwards, Euler is DDIM inversion. Heun
+    corrects every step, the last included (``u > 0``). NFE: ``steps`` (Euler) or ``2 steps`` (Heun). With the
+    exact denoiser of a toy mixture and a thousand Heun steps this is the exact flow map, to about 1e-4.
+    """
+    if solver not in ("heun", "euler"):
+        raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
+    if t <= 0 or u <= 0 or steps < 1:
+        raise ValueError(f"need positive levels and steps >= 1, got t={t}, u={u}, steps={steps}")
+    sigmas = torch.linspace(math.log(t), math.log(u), steps + 1, dtype=torch.float64).exp().tolist()
+    nfe = 0
+    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+        slope = (x - denoise(denoiser, x, a, class_labels)) / a
+        x_next = x + (b - a) * slope
+        nfe += 1
+        if solver == "heun":
+            slope_next = (x_next - denoise(denoiser, x_next, b, class_labels)) / b
+            x_next = x + (b - a) * (slope + slope_next) / 2
+            nfe += 1
+        x = x_next
+    return SamplerOutput(x, nfe)

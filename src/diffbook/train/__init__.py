@@ -4,6 +4,7 @@ from diffbook.train.checkpoint import load_checkpoint, save_checkpoint
 from diffbook.train.distributed import DistributedContext, cleanup, init_distributed
 from diffbook.train.ema import EMA, ema_decay
 from diffbook.train.loop import infinite_batches, train
+from diffbook.train.timing import time_training_steps
 from diffbook.train.trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "save_checkpoint",
+    "time_training_steps",
     "train",
 ]

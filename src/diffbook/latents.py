@@ -1,0 +1,127 @@
+"""Latent diffusion's autoencoder: Stable Diffusion's VAE through diffusers, and latents computed once.
+
+DiT and the latent DiffiT diffuse the 8x-downsampled latents of ``stabilityai/sd-vae-ft-ema`` (4 channels,
+32 x 32 for 256 x 256 images), multiplied by 0.18215 so that they have roughly unit variance. Encoding an
+image costs more than a training step of a small model, so :func:`precompute_latents` encodes a dataset once
+into a folder that :class:`~diffbook.data.latents.LatentDataset` reads (``python -m diffbook precompute-latents``).
+
+Nothing is downloaded unless asked for (``download=True``, ``--download``): a missing VAE raises an error that
+names the model id and where to put its files on an offline machine.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from diffbook.data.latents import LABELS_FILE, LATENTS_FILE, META_FILE
+from diffbook.progress import progress_bar
+
+SD_VAE = "stabilityai/sd-vae-ft-ema"
+SD_LATENT_SCALE = 0.18215  # Rombach et al. 2022; DiT and DiffiT multiply the VAE's latents by it
+
+
+def vae_missing_message(name: str) -> str:
+    """Where to get the VAE ``name`` and where its files go, for an offline machine."""
+    return (
+        f"the VAE {name!r} is not available offline. On a machine with internet, either\n"
+        f"  huggingface-cli download {name}\n"
+        "which fills the Hugging Face cache ($HF_HOME, by default ~/.cache/huggingface; copy it to the same place "
+        "on the offline machine), or\n"
+        f'  python -c "from diffusers import AutoencoderKL; '
+        f"AutoencoderKL.from_pretrained('{name}').save_pretrained('weights/vae')\"\n"
+        "and pass that folder (config.json and diffusion_pytorch_model.safetensors) as --vae weights/vae. "
+        "Or let diffbook fetch it: --download (download=True)."
+    )
+
+
+def load_vae(
+    name_or_path: str | Path = SD_VAE, download: bool = False, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """diffusers' ``AutoencoderKL`` from a Hugging Face id or a local folder, frozen and in eval mode.
+
+    Looks only at local files (a folder, or the Hugging Face cache) unless ``download``; raises
+    FileNotFoundError saying where to get the weights when they are not there.
+    """
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as error:
+        raise ImportError("the latent models' VAE needs diffusers: pip install 'diffbook[sd]'") from error
+    try:
+        with warnings.catch_warnings():  # diffusers' own call of a deprecated huggingface_hub argument
+            warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+            # low_cpu_mem_usage=False: the VAE is small, and the default asks for the accelerate package.
+            vae = AutoencoderKL.from_pretrained(
+                str(name_or_path), local_files_only=not download, low_cpu_mem_usage=False
+            )
+    except OSError as error:
+        raise FileNotFoundError(vae_missing_message(str(name_or_path))) from error
+    return vae.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode(vae: nn.Module, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``images: (B, 3, H, W)`` in [-1, 1] -> scaled latents ``(B, 4, H/8, W/8)``, a sample of the posterior (DiT)."""
+    posterior = vae.encode(images).latent_dist
+    return posterior.sample(generator) * SD_LATENT_SCALE
+
+
+@torch.no_grad()
+def decode(vae: nn.Module, latents: Tensor) -> Tensor:
+    """Scaled latents ``(B, 4, h, w)`` -> images ``(B, 3, 8h, 8w)``, clamped to [-1, 1]."""
+    return vae.decode(latents / SD_LATENT_SCALE).sample.clamp(-1, 1)
+
+
+def precompute_latents(
+    vae: nn.Module,
+    dataset: Dataset,
+    out_dir: str | Path,
+    batch_size: int = 64,
+    flip: bool = False,
+    seed: int = 0,
+    vae_name: str = SD_VAE,
+) -> Path:
+    """Encode every ``(image, label)`` of ``dataset`` into ``out_dir``; returns ``out_dir``.
+
+    Writes ``latents.npy`` ``(N, 4, h, w)`` float16 (memory-mapped while it is written, so ImageNet need not fit
+    in memory), ``labels.npy`` ``(N,)`` int64, and ``meta.json``. With ``flip`` the mirrored images follow as
+    items ``N .. 2N-1``, the precomputed form of DiT's random flips. Latents are drawn with ``seed``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(vae.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    n = len(dataset)
+    copies = 2 if flip else 1
+    latents, labels = None, np.empty(copies * n, dtype=np.int64)
+    start = 0
+    for images, targets in progress_bar(loader, desc="encode"):
+        for copy in range(copies):
+            z = encode(vae, (images.flip(-1) if copy else images).to(device), generator).cpu()
+            if latents is None:
+                latents = np.lib.format.open_memmap(
+                    out_dir / LATENTS_FILE, mode="w+", dtype=np.float16, shape=(copies * n, *z.shape[1:])
+                )
+            rows = slice(copy * n + start, copy * n + start + len(z))
+            latents[rows] = z.to(torch.float16).numpy()
+            labels[rows] = targets.numpy()
+        start += len(images)
+    latents.flush()
+    np.save(out_dir / LABELS_FILE, labels)
+    meta = {
+        "vae": vae_name,
+        "scale": SD_LATENT_SCALE,
+        "count": copies * n,
+        "shape": list(latents.shape[1:]),
+        "flipped_copies": flip,
+        "seed": seed,
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
