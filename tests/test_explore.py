@@ -14,8 +14,10 @@ from diffbook.explore import (
     Control,
     Explorer,
     attention_explorer,
+    attention_inputs,
     attention_layers,
     attention_state,
+    attention_summary,
     figure_png,
     forward_explorer,
     forward_states,
@@ -195,6 +197,35 @@ def test_a_separate_time_token_takes_its_share_of_the_attention():
     state = attention_state(blank_attention_denoiser(time_mode="token"), x0, 10.0, "encoder.0.0.block.attn", (0, 0))
     torch.testing.assert_close(state.time_weight, torch.full((2,), 1 / 17))
     torch.testing.assert_close(state.maps.sum((1, 2)) + state.time_weight, torch.ones(2))
+
+
+def test_caught_attention_inputs_replay_the_layer_and_carry_the_noise_level():
+    torch.manual_seed(0)
+    denoiser = Denoiser(DiffiTUNet(diffit_unet_preset("digits8")), EDM())
+    layer = "bottleneck.1.block.attn"
+    attention = denoiser.net.get_submodule(layer)
+    outputs = []
+    handle = attention.register_forward_hook(lambda module, args, output: outputs.append(output))
+    noisy = torch.randn(3, 1, 8, 8)
+    tokens, time_token = attention_inputs(denoiser, noisy, 2.0, layer)
+    handle.remove()
+    assert tokens.shape == (3, 4, 4, 96) and time_token.shape == (3, 128)
+    torch.testing.assert_close(attention(tokens, time_token), outputs[0])  # the layer's own output, replayed
+    _, other_time = attention_inputs(denoiser, noisy, 0.5, layer)
+    assert torch.equal(time_token[0], time_token[2]) and not torch.allclose(time_token, other_time)
+
+
+def test_attention_summary_of_uniform_attention_and_of_a_known_time_query():
+    noisy = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    layer = "encoder.0.0.block.attn"
+    blank = blank_attention_denoiser()
+    assert attention_summary(blank, noisy, 1.0, layer)[0] == pytest.approx(math.log(16))  # zero logits: uniform
+    attention = blank.net.get_submodule(layer)
+    with torch.no_grad():  # spatial queries of norm 2 at every token, a time query of norm 1
+        attention.qkv.bias[:2] = torch.tensor([2.0, 0.0])
+        attention.time_qkv.bias[:2] = torch.tensor([0.0, 1.0])
+    assert attention_summary(blank, noisy, 1.0, layer)[1] == pytest.approx(0.5)
+    assert math.isnan(attention_summary(blank_attention_denoiser(time_mode="adaln"), noisy, 1.0, layer)[1])
 
 
 def test_attention_explorer_draws_every_noise_level():

@@ -463,25 +463,53 @@ def attention_layers(net: torch.nn.Module) -> list[str]:
 
 
 @torch.no_grad()
+def attention_inputs(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, layer: str) -> tuple[Tensor, Tensor]:
+    """What the attention layer named ``layer`` of ``denoiser.net`` (a DiffiT network inside a
+    :class:`~diffbook.diffusion.Denoiser`) receives when the denoiser runs on ``noisy: (B, C, H, W)`` at level
+    ``sigma``: its tokens ``(B, h, w, dim)`` and time token ``(B, time_dim)``, caught by a forward hook. The layer's
+    ``attention_probabilities``, ``qkv`` and ``time_projections`` then take them apart."""
+    attention = denoiser.net.get_submodule(layer)
+    caught: list[tuple[Tensor, Tensor]] = []
+    handle = attention.register_forward_hook(lambda module, args, output: caught.append(args))
+    try:
+        denoiser(noisy, torch.full((len(noisy),), sigma, dtype=noisy.dtype))
+    finally:
+        handle.remove()
+    return caught[0]
+
+
+@torch.no_grad()
+def attention_summary(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, layer: str) -> tuple[float, float]:
+    """Two numbers for the attention layer ``layer`` on the images ``noisy: (B, C, H, W)`` at level ``sigma``:
+
+    - the entropy of the attention rows in nats, averaged over images, windows, heads and queries
+      (``log(window^2)`` when uniform);
+    - for TMSA, the size of the time query against the spatial ones, ``||q_t|| / rms_i ||a_i||`` averaged over
+      images, where ``q_i = a_i + q_t``: how strongly time steers the queries (NaN for layers without TMSA).
+    """
+    attention = denoiser.net.get_submodule(layer)
+    tokens, time_token = attention_inputs(denoiser, noisy, sigma, layer)
+    p = attention.attention_probabilities(tokens, time_token)
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean().item()
+    if attention.time_input != "qkv":
+        return entropy, float("nan")
+    C = tokens.shape[-1]
+    spatial = attention.qkv(tokens)[..., :C].norm(dim=-1).square().mean(dim=(1, 2)).sqrt()  # (B,)
+    time_query = attention.time_projections(time_token)[:, :C].norm(dim=-1)  # (B,)
+    return entropy, (time_query / spatial).mean().item()
+
+
+@torch.no_grad()
 def attention_state(
     denoiser: torch.nn.Module, x0: Tensor, sigma: float, layer: str, query: tuple[int, int], seed: int = 0
 ) -> AttentionState:
     """Attention of the pixel ``query`` of ``x0: (1, C, H, W)`` in the layer named ``layer`` of
-    ``denoiser.net`` (a DiffiT network inside a :class:`~diffbook.diffusion.Denoiser`), at noise level ``sigma``.
-
-    The denoiser runs once on ``x0 + sigma eps`` (one seeded ``eps``); a forward hook catches the layer's input
-    tokens and time token, from which the layer's own ``attention_probabilities`` gives the weights. The query
-    moves to the layer's grid by integer scaling.
+    ``denoiser.net`` (see :func:`attention_inputs`), at noise level ``sigma``, on ``x0 + sigma eps`` with one
+    seeded ``eps``. The query moves to the layer's grid by integer scaling.
     """
     attention = denoiser.net.get_submodule(layer)
     noisy = x0 + sigma * torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=x0.dtype)
-    caught: list[tuple[Tensor, Tensor]] = []
-    handle = attention.register_forward_hook(lambda module, args, output: caught.append(args))
-    try:
-        denoiser(noisy, torch.full((len(x0),), sigma, dtype=x0.dtype))
-    finally:
-        handle.remove()
-    tokens, time_token = caught[0]
+    tokens, time_token = attention_inputs(denoiser, noisy, sigma, layer)
     probs = attention.attention_probabilities(tokens, time_token)[0]  # (nW, heads, N, M)
     h, w = tokens.shape[1:3]
     row, col = query[0] * h // x0.shape[-2], query[1] * w // x0.shape[-1]
