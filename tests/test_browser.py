@@ -150,6 +150,13 @@ class PageVisit:
         return {href for href in hrefs if urlparse(href).netloc == base.netloc}
 
 
+def committed_markdown_tables(notebook: Path) -> int:
+    """Markdown outputs of ``notebook`` that hold a table (a ``|---|`` separator row)."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    outputs = (output for cell in cells if cell.cell_type == "code" for output in cell.outputs)
+    return sum(bool(re.search(r"^\|[-| :]+\|$", o.get("data", {}).get("text/markdown", ""), re.M)) for o in outputs)
+
+
 def committed_figures(notebook: Path) -> int:
     cells = nbformat.read(notebook, as_version=4).cells
     return sum(
@@ -174,6 +181,10 @@ def test_every_page_renders_offline_with_figures_math_colab_and_working_links(si
             colab = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook.name}"
             assert visit.page.locator(f'a[href="{colab}"]').count() >= 1, f"{path}: no Colab button for its notebook"
             assert visit.page.locator(".cell_output").count() > 0, f"{path}: no committed output is shown"
+            tables = committed_markdown_tables(notebook)
+            assert visit.page.locator(".cell_output table").count() >= tables, f"{path}: printed tables not rendered"
+            raw = visit.page.locator(".cell_output").filter(has_text=re.compile(r"\|\s*-{3,}\s*\|")).count()
+            assert raw == 0, f"{path}: {raw} outputs show Markdown table syntax as text"
         links |= visit.internal_links()
         assert not visit.errors, f"{path}: {visit.errors}"
         visit.page.close()
