@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.nets.embeddings import ConditionEmbedding, check_embedding
+from diffbook.nets.presets import replace_preset
 from diffbook.nets.transformer import (
     Mlp,
     PatchEmbed,
@@ -367,9 +368,7 @@ DIFFIT_UNET_PRESETS: dict[str, DiffiTUNetConfig] = {
 
 def diffit_unet_preset(name: str, **overrides) -> DiffiTUNetConfig:
     """A preset with fields replaced, e.g. ``diffit_unet_preset("digits16", time_mode="mlp")``."""
-    if name not in DIFFIT_UNET_PRESETS:
-        raise ValueError(f"unknown DiffiT U-Net preset {name!r}; presets are {', '.join(DIFFIT_UNET_PRESETS)}")
-    return dataclasses.replace(DIFFIT_UNET_PRESETS[name], **overrides)
+    return replace_preset(DIFFIT_UNET_PRESETS, name, "DiffiT U-Net", **overrides)
 
 
 def parameter_count(network: Callable[[Any], nn.Module], config: Any) -> int:
@@ -543,9 +542,7 @@ LATENT_DIFFIT_PRESETS: dict[str, LatentDiffiTConfig] = {
 
 def latent_diffit_preset(name: str, **overrides) -> LatentDiffiTConfig:
     """A preset with fields replaced, e.g. ``latent_diffit_preset("imagenet256", depth=30)``."""
-    if name not in LATENT_DIFFIT_PRESETS:
-        raise ValueError(f"unknown latent DiffiT preset {name!r}; presets are {', '.join(LATENT_DIFFIT_PRESETS)}")
-    return dataclasses.replace(LATENT_DIFFIT_PRESETS[name], **overrides)
+    return replace_preset(LATENT_DIFFIT_PRESETS, name, "latent DiffiT", **overrides)
 
 
 class FinalLayer(nn.Module):

@@ -13,11 +13,11 @@ this network with TMSA in place of adaLN-Zero, the baseline of the paper's Table
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from diffbook.nets.presets import replace_preset
 from diffbook.nets.transformer import (
     Mlp,
     PatchEmbed,
@@ -80,9 +80,7 @@ DIT_PRESETS["digits16"] = DiTConfig(
 
 def dit_preset(name: str, **overrides) -> DiTConfig:
     """A preset (``"XL/2"``, ``"B/4"``, ..., ``"digits16"``) with fields replaced, e.g. ``resolution=64``."""
-    if name not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {name!r}; presets are {', '.join(DIT_PRESETS)}")
-    return dataclasses.replace(DIT_PRESETS[name], **overrides)
+    return replace_preset(DIT_PRESETS, name, "DiT", **overrides)
 
 
 class Attention(nn.Module):

@@ -22,7 +22,6 @@ identity and the whole network starts by predicting zero.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.nets.embeddings import ConditionEmbedding, TwoTimeEmbedding, check_embedding
+from diffbook.nets.presets import replace_preset
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -257,9 +257,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 
 def unet_preset(name: str, **overrides) -> UNetConfig:
     """A preset with fields replaced, e.g. ``unet_preset("digits16", num_classes=10)``."""
-    if name not in UNET_PRESETS:
-        raise ValueError(f"unknown U-Net preset {name!r}; presets are {', '.join(UNET_PRESETS)}")
-    return dataclasses.replace(UNET_PRESETS[name], **overrides)
+    return replace_preset(UNET_PRESETS, name, "U-Net", **overrides)
 
 
 class UNet(nn.Module):

@@ -1,0 +1,16 @@
+"""Named network configurations: every network module keeps a dict of frozen config dataclasses by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+Config = TypeVar("Config")
+
+
+def replace_preset(presets: dict[str, Config], name: str, kind: str, **overrides: Any) -> Config:
+    """``presets[name]`` with the fields in ``overrides`` replaced; a ValueError that lists the presets of this
+    ``kind`` (e.g. ``"U-Net"``) when ``name`` is not one of them."""
+    if name not in presets:
+        raise ValueError(f"unknown {kind} preset {name!r}; presets are {', '.join(presets)}")
+    return dataclasses.replace(presets[name], **overrides)
