@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from diffbook.cli import main
-from diffbook.config import load_config
+from diffbook.config import build_model, load_config
 from diffbook.data import stack_dataset
 from diffbook.data.images import load_image_dataset
 from diffbook.sampling import to_uint8
 from diffbook.sweep import (
     SweepRun,
+    generate_samples,
     grid_values,
     markdown_table,
     parse_grid,
@@ -130,3 +131,20 @@ def test_cli_sweep_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| objective.form | seeds | precision |" in out and "| sample | 1 |" in out
     assert main([*args, "--out", str(tmp_path), "objective.wieght=1"]) == 2
+
+
+def test_a_class_conditional_model_samples_every_class_in_turn():
+    cfg = load_config("toy/iso", ["network.overrides.num_classes=3", "sample.steps=2"])
+    model = build_model(cfg)
+    seen: list[torch.Tensor] = []
+    model.net.register_forward_pre_hook(lambda net, args: seen.append(args[2].clone()))
+    samples = generate_samples(model, cfg, count=10, seed=0, batch=4)
+    assert samples.shape == (10, 2)
+    chunks = [torch.tensor(labels) for labels in ([0, 1, 2, 0], [1, 2, 0, 1], [2, 0])]
+    assert all(any(torch.equal(labels, chunk) for chunk in chunks) for labels in seen)
+    assert {tuple(labels.tolist()) for labels in seen} == {tuple(chunk.tolist()) for chunk in chunks}
+    unconditional = build_model(load_config("toy/iso", ["sample.steps=2"]))
+    calls: list[tuple] = []
+    unconditional.net.register_forward_pre_hook(lambda net, args: calls.append(args))
+    generate_samples(unconditional, load_config("toy/iso", ["sample.steps=2"]), count=4, seed=0)
+    assert calls and all(len(args) < 3 or args[2] is None for args in calls)

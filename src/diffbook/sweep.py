@@ -37,6 +37,7 @@ from diffbook.config import (
     is_toy,
     load_config,
     load_init_weights,
+    num_classes,
     parse_value,
     sample_shape,
     to_yaml,
@@ -144,13 +145,19 @@ def run_one(
 
 @torch.no_grad()
 def generate_samples(model: torch.nn.Module, cfg: dict[str, Any], count: int, seed: int, batch: int = 10_000) -> Tensor:
-    """``count`` samples ``(count, *sample_shape)`` from the config's sampler, all drawn from one seeded generator."""
-    sampler, shape = build_sampler(cfg), sample_shape(cfg)
+    """``count`` samples ``(count, *sample_shape)`` from the config's sampler, all drawn from one seeded generator.
+
+    A class-conditional model draws every class in turn (sample ``k`` has label ``k mod num_classes``), so
+    that its samples are scored as the conditional model, with the config's guidance, that it is.
+    """
+    sampler, shape, classes = build_sampler(cfg), sample_shape(cfg), num_classes(cfg)
+    labels = torch.arange(count) % classes if classes else None
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, count, batch):
         noise = torch.randn(min(batch, count - start), *shape, generator=generator)
-        chunks.append(sampler(model, noise, None, generator).samples)
+        chunk_labels = None if labels is None else labels[start : start + len(noise)]
+        chunks.append(sampler(model, noise, chunk_labels, generator).samples)
     return torch.cat(chunks)
 
 
