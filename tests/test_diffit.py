@@ -28,6 +28,7 @@ from diffbook.nets import (
 )
 from diffbook.nets.diffit import (
     WindowAttention,
+    drop_time_keys,
     mlp_ratio_for_budget,
     unet_parameter_count,
     window_partition,
@@ -189,17 +190,6 @@ def test_attention_probabilities_are_what_the_fused_attention_applies(time_input
     torch.testing.assert_close(attn(x, x_t), window_reverse(out, 4, 8, 8), rtol=0, atol=1e-12)
 
 
-def drop_key_projection(net: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of ``net`` with the key third of every time projection removed (for time_keys=False)."""
-    state = {}
-    for name, value in net.state_dict().items():
-        if name.endswith(("time_qkv.weight", "time_qkv.bias")):
-            q_t, _, v_t = value.chunk(3, dim=0)
-            value = torch.cat([q_t, v_t])
-        state[name] = value
-    return state
-
-
 def test_the_key_time_projection_has_zero_gradient_and_removing_it_changes_nothing():
     torch.manual_seed(0)
     config = diffit_unet_preset("digits16")
@@ -214,7 +204,7 @@ def test_the_key_time_projection_has_zero_gradient_and_removing_it_changes_nothi
         assert grad_w[:C].abs().max() > 1e-6  # the query projection learns ...
         assert grad_w[C : 2 * C].abs().max() < 1e-12 and grad_b[C : 2 * C].abs().max() < 1e-12  # ... W_kt does not
     without = DiffiTUNet(diffit_unet_preset("digits16", time_keys=False)).double()
-    without.load_state_dict(drop_key_projection(net))
+    without.load_state_dict(drop_time_keys(net.state_dict()))
     torch.testing.assert_close(without(x, t), out.detach(), rtol=0, atol=1e-12)
 
 

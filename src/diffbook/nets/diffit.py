@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from diffbook.nets.embeddings import ConditionEmbedding, check_embedding
 from diffbook.nets.presets import replace_preset
 from diffbook.nets.transformer import (
+    DIGITS16_PIXELS,
     Mlp,
     PatchEmbed,
     TimeLabelEmbedding,
@@ -192,6 +193,18 @@ class WindowAttention(nn.Module):
             k, v = torch.cat([k, k_t], dim=1), torch.cat([v, v_t], dim=1)
             bias = F.pad(bias, (0, 1))  # the time token has no position: bias 0 towards it
         return q, k, v, bias
+
+
+def drop_time_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict of a TMSA network (or layer) with the key third of every time projection removed: what the
+    same network built with ``time_keys=False`` loads, computing the same function (D10)."""
+    kept = {}
+    for name, value in state.items():
+        if name.endswith(("time_qkv.weight", "time_qkv.bias")):
+            q_t, _, v_t = value.chunk(3, dim=0)
+            value = torch.cat([q_t, v_t])
+        kept[name] = value
+    return kept
 
 
 class DiffiTBlock(nn.Module):
@@ -534,9 +547,7 @@ LATENT_DIFFIT_PRESETS: dict[str, LatentDiffiTConfig] = {
     # ImageNet-512 (64x64x4 latents, a 32x32 token grid): 562.4 M.
     "imagenet512": LatentDiffiTConfig(resolution=64),
     # 16x16 digits as pixels on a CPU (ours): patch 2, an 8x8 grid; 0.60 M, near the digits16 U-Net's 0.65 M.
-    "digits16": LatentDiffiTConfig(
-        in_channels=1, resolution=16, dim=96, depth=4, num_heads=4, num_classes=0, learn_sigma=False
-    ),
+    "digits16": LatentDiffiTConfig(**DIGITS16_PIXELS),
 }
 
 

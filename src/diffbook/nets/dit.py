@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from diffbook.nets.presets import replace_preset
 from diffbook.nets.transformer import (
+    DIGITS16_PIXELS,
     Mlp,
     PatchEmbed,
     TimeLabelEmbedding,
@@ -73,9 +74,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     for patch in (2, 4, 8)
 }
 # 16x16 digits as pixels on a CPU (ours), the latent DiffiT's digits16 grid and width: 0.72 M.
-DIT_PRESETS["digits16"] = DiTConfig(
-    in_channels=1, resolution=16, dim=96, depth=4, num_heads=4, num_classes=0, learn_sigma=False
-)
+DIT_PRESETS["digits16"] = DiTConfig(**DIGITS16_PIXELS)
 
 
 def dit_preset(name: str, **overrides) -> DiTConfig:

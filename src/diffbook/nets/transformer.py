@@ -13,6 +13,18 @@ from torch.nn import functional as F
 
 from diffbook.nets.embeddings import EmbeddingMLP, SinusoidalEmbedding
 
+# 16x16 digits as pixels on a CPU (ours): patch 2, an 8x8 token grid, width 96, depth 4. The DiT and the latent
+# DiffiT digits16 presets share these fields, so that the two differ only in how time enters.
+DIGITS16_PIXELS = {
+    "in_channels": 1,
+    "resolution": 16,
+    "dim": 96,
+    "depth": 4,
+    "num_heads": 4,
+    "num_classes": 0,
+    "learn_sigma": False,
+}
+
 
 def layer_norm(dim: int) -> nn.LayerNorm:
     """LayerNorm without scale and shift: in DiT and DiffiT any per-channel affine comes from the condition."""
