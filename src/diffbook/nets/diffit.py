@@ -36,6 +36,7 @@ from diffbook.nets.transformer import (
     Mlp,
     PatchEmbed,
     TimeLabelEmbedding,
+    init_dit_weights,
     layer_norm,
     modulate,
     multihead_attention,
@@ -602,15 +603,8 @@ class LatentDiffiT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # The released model's scheme, which is DiT's: Xavier-uniform linear layers with zero biases, the patch
-        # conv as a flattened linear layer, N(0, 0.02) embedders, and a zero final layer (the output starts at 0).
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch.proj.weight.view(self.config.dim, -1))
-        nn.init.zeros_(self.patch.proj.bias)
-        self.embed.init_weights()
+        # The released model's scheme, which is DiT's, and a zero final layer (the output starts at 0).
+        init_dit_weights(self)
         _init_transformer_parts(self)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)

@@ -23,6 +23,7 @@ from diffbook.nets.transformer import (
     Mlp,
     PatchEmbed,
     TimeLabelEmbedding,
+    init_dit_weights,
     layer_norm,
     modulate,
     multihead_attention,
@@ -147,15 +148,8 @@ class DiT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # DiT's initialisation: Xavier-uniform linear layers, zero biases, the patch conv as a linear layer,
-        # N(0, 0.02) embedders; then adaLN-Zero: every modulation and the final linear layer at zero.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch.proj.weight.view(self.config.dim, -1))
-        nn.init.zeros_(self.patch.proj.bias)
-        self.embed.init_weights()
+        # DiT's initialisation, then adaLN-Zero: every modulation and the final linear layer at zero.
+        init_dit_weights(self)
         for layer in [block.modulation[-1] for block in self.blocks] + [self.final.modulation[-1], self.final.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

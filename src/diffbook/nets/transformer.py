@@ -138,3 +138,19 @@ class TimeLabelEmbedding(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
         if self.label is not None:
             nn.init.normal_(self.label.weight, std=0.02)
+
+
+def init_dit_weights(net: nn.Module) -> None:
+    """DiT's initialisation, which the released latent DiffiT shares: Xavier-uniform linear layers with zero
+    biases, each patch conv as a flattened linear layer, and N(0, 0.02) time and label embedders. Zero-initialised
+    layers (adaLN-Zero's modulation, the final layer) are the caller's."""
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    for module in net.modules():  # after the linear layers, which include the embedders' own
+        if isinstance(module, PatchEmbed):
+            nn.init.xavier_uniform_(module.proj.weight.view(module.proj.out_channels, -1))
+            nn.init.zeros_(module.proj.bias)
+        elif isinstance(module, TimeLabelEmbedding):
+            module.init_weights()
