@@ -501,6 +501,15 @@ def swin_index(window: int) -> torch.Tensor:
     return torch.tensor(index).reshape(window**2, window**2)
 
 
+def assert_time_mlp_reads_cos_sin(net, released: dict[str, torch.Tensor]) -> None:
+    """The release embeds t as [cos, sin]: its first time-MLP layer on those features is ours on [sin, cos]."""
+    t = torch.tensor([3.0, 500.0])
+    freqs = 10_000 ** -(torch.arange(128) / 128)
+    features = torch.cat([(t[:, None] * freqs).cos(), (t[:, None] * freqs).sin()], dim=1)
+    expected = features @ released["t_embedder.mlp.0.weight"].T + released["t_embedder.mlp.0.bias"]
+    torch.testing.assert_close(net.embed.mlp[0](net.embed.noise(t)), expected, rtol=1e-4, atol=1e-4)
+
+
 def released_state_dict(config) -> dict[str, torch.Tensor]:
     D, p, g, heads = config.dim, config.patch_size, config.grid, config.num_heads
     state = {
@@ -542,12 +551,7 @@ def test_the_released_latent_diffit_weights_load_into_the_package_model(tmp_path
     torch.save(released, tmp_path / "diffit.pt")
     net = load_released_diffit(tmp_path / "diffit.pt", config)  # strict: every parameter is matched
     torch.testing.assert_close(net.blocks[1].attn.time_qkv.weight, released["blocks.1.attn.qkv_temb.weight"])
-    # The release embeds t as [cos, sin]: its first time-MLP layer on those features is ours on [sin, cos].
-    t = torch.tensor([3.0, 500.0])
-    freqs = 10_000 ** -(torch.arange(128) / 128)
-    features = torch.cat([(t[:, None] * freqs).cos(), (t[:, None] * freqs).sin()], dim=1)
-    expected = features @ released["t_embedder.mlp.0.weight"].T + released["t_embedder.mlp.0.bias"]
-    torch.testing.assert_close(net.embed.mlp[0](net.embed.noise(t)), expected, rtol=1e-4, atol=1e-4)
+    assert_time_mlp_reads_cos_sin(net, released)
     with pytest.raises(ValueError, match="unexpected key"):
         convert_released_state_dict({**released, "blocks.0.attn.gate": torch.zeros(1)}, config)
     with pytest.raises(ValueError, match="pos_embed does not match"):

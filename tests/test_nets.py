@@ -228,3 +228,48 @@ def test_time_mlp_embeds_a_shared_noise_level_once_with_the_same_result():
     torch.testing.assert_close(shared, one_by_one)
     mixed = torch.tensor([7.0, 3.0, 7.0, 3.0, 1.0, 7.0])
     torch.testing.assert_close(net(x, mixed), torch.cat([net(x[i : i + 1], mixed[i : i + 1]) for i in range(6)]))
+
+
+def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path):
+    from test_diffit import assert_time_mlp_reads_cos_sin
+
+    from diffbook.cli import main
+    from diffbook.config import build_model, load_config, load_init_weights
+    from diffbook.nets.convert_dit import convert_released_dit
+    from diffbook.nets.dit import dit_preset
+    from diffbook.nets.transformer import sincos_pos_embed_2d
+
+    sizes = "{num_classes: 10, resolution: 8, depth: 2, dim: 32, num_heads: 4}"
+    overrides = ["network.preset=S/2", f"network.overrides={sizes}"]
+    config = dit_preset("S/2", num_classes=10, resolution=8, depth=2, dim=32, num_heads=4)
+    D, p, out = config.dim, config.patch_size, config.patch_size**2 * config.out_channels
+    shapes = {
+        "x_embedder.proj.weight": (D, config.in_channels, p, p),
+        "t_embedder.mlp.0.weight": (D, config.freq_dim),
+        "t_embedder.mlp.2.weight": (D, D),
+        "y_embedder.embedding_table.weight": (config.num_classes + 1, D),
+        "final_layer.adaLN_modulation.1.weight": (2 * D, D),
+        "final_layer.linear.weight": (out, D),
+    }
+    for i in range(config.depth):
+        shapes |= {
+            f"blocks.{i}.attn.qkv.weight": (3 * D, D),
+            f"blocks.{i}.attn.proj.weight": (D, D),
+            f"blocks.{i}.mlp.fc1.weight": (4 * D, D),
+            f"blocks.{i}.mlp.fc2.weight": (D, 4 * D),
+            f"blocks.{i}.adaLN_modulation.1.weight": (6 * D, D),
+        }
+    biases = {k.replace("weight", "bias"): (shape[0],) for k, shape in shapes.items() if "embedding" not in k}
+    released = {k: torch.randn(shape) for k, shape in (shapes | biases).items()}
+    released["pos_embed"] = sincos_pos_embed_2d(D, config.grid)[None]
+    torch.save(released, tmp_path / "dit.pt")
+
+    assert main(["import-dit", str(tmp_path / "dit.pt"), *overrides, "--out", str(tmp_path / "checkpoint.pt")]) == 0
+    cfg = load_config("imagenet256/sadm", [*overrides, f"network.init_from={tmp_path / 'checkpoint.pt'}"])
+    net = load_init_weights(build_model(cfg), cfg).net  # strict: every parameter is matched
+    torch.testing.assert_close(net.blocks[1].modulation[1].weight, released["blocks.1.adaLN_modulation.1.weight"])
+    assert_time_mlp_reads_cos_sin(net, released)
+    with pytest.raises(ValueError, match="unexpected key"):
+        convert_released_dit({**released, "blocks.0.norm1.weight": torch.ones(D)}, config)
+    with pytest.raises(ValueError, match="pos_embed does not match"):
+        convert_released_dit(released, dit_preset("S/2", num_classes=10, resolution=16, depth=2, dim=32, num_heads=4))

@@ -80,7 +80,8 @@ def test_sweep_writes_every_run_and_resumes_without_retraining(tmp_path):
         run_dir = tmp_path / record["run"]
         assert {"checkpoint.pt", "config.yaml", "metrics.json", "samples.pt"} <= {p.name for p in run_dir.iterdir()}
         assert torch.load(run_dir / "samples.pt").shape == (200, 2)
-        assert set(record["metrics"]) == {"precision", "recall", "density", "coverage", "sliced_wasserstein"}
+        scores = {"precision", "recall", "density", "coverage", "sliced_wasserstein", "pairwise_w1"}
+        assert set(record["metrics"]) == scores
     assert load_config(tmp_path / records[1]["run"] / "config.yaml")["objective"]["weight"] == 0.3
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/checkpoint.pt")}
     again = run_sweep("toy/iso", grid, [0], tmp_path, TINY, num_samples=200, progress=False)

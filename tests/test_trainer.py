@@ -56,18 +56,18 @@ class RecordingLoss:
         return out
 
 
-def _assert_identical(a, b, where: str = "checkpoint") -> None:
+def assert_identical(a, b, where: str = "checkpoint") -> None:
     """Tensors equal bit for bit, everything else equal, through nested dicts, lists and tuples."""
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
-            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+            assert_identical(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for k, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{k}]")
+            assert_identical(x, y, f"{where}[{k}]")
     else:
         assert a == b, where
 
@@ -91,7 +91,7 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     for straight_batch, resumed_batch in zip(straight_loss.batches[10:], resumed_loss.batches, strict=True):
         assert torch.equal(straight_batch, resumed_batch)
     # Model, EMA, optimizer moments, random states and data position, all equal.
-    _assert_identical(
+    assert_identical(
         load_checkpoint(tmp_path / "straight/checkpoint.pt"), load_checkpoint(tmp_path / "resumed/checkpoint.pt")
     )
     assert _log_steps(tmp_path / "resumed") == _log_steps(tmp_path / "straight") == [5, 10, 15, 20]
@@ -180,19 +180,45 @@ def test_fp16_needs_cuda_and_bf16_autocast_runs_on_the_cpu(tmp_path):
     assert len(result.losses) == 3 and all(math.isfinite(loss) for loss in result.losses)
 
 
-@pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
-)
-def test_two_processes_under_torchrun_train_like_one_with_the_same_global_batch(tmp_path):
+def _run_ddp_worker(run_dir: Path, *arguments: str) -> None:
     env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [ddp_worker.__file__, str(tmp_path / "ddp")]
+    command += [ddp_worker.__file__, str(run_dir), *arguments]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
+
+needs_gloo = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+)
+
+
+@needs_gloo
+def test_two_processes_under_torchrun_train_like_one_with_the_same_global_batch(tmp_path):
+    _run_ddp_worker(tmp_path / "ddp")
     ddp_worker.fit(tmp_path / "single")
     ddp, single = load_checkpoint(tmp_path / "ddp/checkpoint.pt"), load_checkpoint(tmp_path / "single/checkpoint.pt")
     assert len(ddp["rng"]) == 2 and ddp["data"] == single["data"]
     # All-reduce sums the two halves of the batch in another order than one process does.
     torch.testing.assert_close(ddp["model"], single["model"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ddp["ema"], single["ema"], rtol=1e-5, atol=1e-6)
+
+
+@needs_gloo
+def test_a_two_player_run_on_two_processes_computes_the_structure_of_the_global_batch(tmp_path):
+    _run_ddp_worker(tmp_path / "ddp", "two_player")
+    ddp_worker.fit(tmp_path / "single", two_player=True)
+    ddp, single = load_checkpoint(tmp_path / "ddp/checkpoint.pt"), load_checkpoint(tmp_path / "single/checkpoint.pt")
+    # The structure loss of every logged interval, as the encoder saw it: the same global batches give the same.
+    ddp_log, single_log = (
+        [json.loads(line)["adversary_loss"] for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        for name in ("ddp", "single")
+    )
+    assert len(ddp_log) == 3 and all(loss < 0 for loss in ddp_log)
+    torch.testing.assert_close(ddp_log, single_log, rtol=1e-5, atol=1e-6)
+    # Both players' weights and optimizer moments end equal: the gathered gradients are the one-process ones.
+    torch.testing.assert_close(ddp["model"], single["model"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ddp["adversary"]["module"], single["adversary"]["module"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ddp["adversary"]["optimizer"]["state"], single["adversary"]["optimizer"]["state"], rtol=1e-5, atol=1e-6
+    )

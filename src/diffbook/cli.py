@@ -214,6 +214,23 @@ def _precompute_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_dit(args: argparse.Namespace) -> int:
+    from diffbook.config import build_process, load_config, network_config
+    from diffbook.diffusion import Denoiser
+    from diffbook.nets.convert_dit import load_released_dit
+    from diffbook.train import save_checkpoint
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg["network"]["kind"] != "dit":
+        raise ValueError(f"{args.config} has network.kind {cfg['network']['kind']!r}; import-dit needs a dit config")
+    model = Denoiser(load_released_dit(args.weights, network_config(cfg)), build_process(cfg))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None}, out)
+    print(f"Wrote {args.weights} as a checkpoint for network.init_from: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand stores the function that runs it as ``run``."""
     parser = argparse.ArgumentParser(
@@ -243,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_feature_net(commands)
     _add_sweep(commands)
     _add_precompute_latents(commands)
+    _add_import_dit(commands)
     return parser
 
 
@@ -327,6 +345,15 @@ def _add_precompute_latents(commands) -> None:
     latents.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     latents.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
     latents.set_defaults(run=_precompute_latents)
+
+
+def _add_import_dit(commands) -> None:
+    dit = commands.add_parser("import-dit", help="the released DiT weights as a checkpoint to fine-tune from")
+    dit.add_argument("weights", help="the release's file, e.g. DiT-XL-2-256x256.pt (facebookresearch/DiT)")
+    dit.add_argument("--out", required=True, help="the checkpoint, e.g. runs/imagenet256-dit-xl2/checkpoint.pt")
+    dit.add_argument("--config", default="imagenet256/sadm", help="a dit config whose network the weights fill")
+    dit.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. network.preset=XL/4")
+    dit.set_defaults(run=_import_dit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

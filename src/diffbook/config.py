@@ -55,7 +55,8 @@ from diffbook.nets import (
     load_single_time_weights,
     unet_preset,
 )
-from diffbook.objectives import BCMLoss, DenoisingLoss, HybridLoss, IsoLoss, SelfPerceptualLoss
+from diffbook.objectives import BCMLoss, DenoisingLoss, HybridLoss, IsoLoss, SADMLoss, SelfPerceptualLoss
+from diffbook.objectives.sadm import structure_encoder
 from diffbook.samplers import (
     SCHEDULES,
     GuidedDenoiser,
@@ -117,15 +118,65 @@ def _self_perceptual_loss(
     return SelfPerceptualLoss.from_model(model, form=form, label_dropout=label_dropout, mse_weight=mse_weight)
 
 
-# kind -> a callable whose keyword arguments are the section's keys, and ``model`` (the model being trained,
-# not a key) for objectives built from it.
+SADM_BASES: dict[str, type] = {"denoising": DenoisingLoss, "hybrid": HybridLoss}
+SADM_INPUT_SPACES = ("data", "pixels")
+
+
+def _sadm_loss(
+    sample_shape: tuple[int, ...],
+    weight: float = 0.3,
+    affinity: str = "cosine",
+    mismatch: str = "l1",
+    gate: float | None = None,
+    weighting: str = "uniform",
+    adversary_lr: float = 1e-4,
+    adversary_steps: int = 1,
+    encoder: str | None = None,
+    encoder_width: int | None = None,
+    feature_dim: int | None = None,
+    input_space: str = "data",
+    vae: str | None = None,
+    base: str = "denoising",
+    label_dropout: float = 0.0,
+) -> SADMLoss:
+    # encoder: points for points and images for images unless named (latents: the latent encoder);
+    # input_space: pixels decodes a latent model's samples with the frozen VAE before the encoder.
+    if base not in SADM_BASES:
+        raise ValueError(f"objective.base must be one of {', '.join(SADM_BASES)}, got {base!r}")
+    if input_space not in SADM_INPUT_SPACES:
+        raise ValueError(f"objective.input_space must be one of {', '.join(SADM_INPUT_SPACES)}, got {input_space!r}")
+    to_encoder_input = None
+    if input_space == "pixels":
+        from diffbook.latents import SD_VAE, VAEDecoder, load_vae
+
+        to_encoder_input = VAEDecoder(load_vae(vae or SD_VAE))
+        sample_shape = (3, *(8 * size for size in sample_shape[1:]))
+    kind = encoder or ("points" if len(sample_shape) == 1 else "images")
+    return SADMLoss(
+        structure_encoder(kind, sample_shape, encoder_width, feature_dim),
+        weight,
+        affinity,
+        mismatch,
+        gate,
+        weighting,
+        adversary_lr,
+        adversary_steps,
+        SADM_BASES[base](label_dropout),
+        to_encoder_input,
+    )
+
+
+# kind -> a callable whose keyword arguments are the section's keys, and what build_objective supplies (not
+# keys): ``model``, the model being trained, for objectives built from it; ``sample_shape``, one sample's shape.
 OBJECTIVES: dict[str, Callable[..., Callable]] = {
     "denoising": DenoisingLoss,
     "iso": _iso_loss,
     "self_perceptual": _self_perceptual_loss,
     "bcm": BCMLoss,
     "hybrid": HybridLoss,
+    "sadm": _sadm_loss,
 }
+_SUPPLIED = ("model", "sample_shape")
 
 _FIXED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("source", "data", "network", "process", "objective", "train", "sample"),
@@ -216,7 +267,7 @@ def valid_keys(cfg: Config, section: str) -> tuple[str, ...]:
         return ("kind", *(f.name for f in dataclasses.fields(PROCESSES[kind]) if f.init))
     if section == "objective":
         builder = OBJECTIVES[_kind(cfg, "objective", OBJECTIVES)]
-        return ("kind", *(name for name in inspect.signature(builder).parameters if name != "model"))
+        return ("kind", *(name for name in inspect.signature(builder).parameters if name not in _SUPPLIED))
     if section == "sample":
         sampler = _kind(cfg, "sample", SAMPLER_OPTIONS, key="sampler")
         return ("sampler", "steps", *SAMPLER_OPTIONS[sampler])
@@ -384,10 +435,13 @@ def build_objective(cfg: Config, model: Denoiser | None = None) -> Callable:
     """
     kind = _kind(cfg, "objective", OBJECTIVES)
     arguments = {k: v for k, v in cfg["objective"].items() if k != "kind"}
-    if "model" in inspect.signature(OBJECTIVES[kind]).parameters:
+    parameters = inspect.signature(OBJECTIVES[kind]).parameters
+    if "model" in parameters:
         if model is None:
             raise ValueError(f"objective.kind {kind!r} is built from the model: call build_objective(cfg, model)")
         arguments["model"] = model
+    if "sample_shape" in parameters:
+        arguments["sample_shape"] = sample_shape(cfg)
     return OBJECTIVES[kind](**arguments)
 
 

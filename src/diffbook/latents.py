@@ -78,6 +78,19 @@ def decode(vae: nn.Module, latents: Tensor) -> Tensor:
     return vae.decode(latents / SD_LATENT_SCALE).sample.clamp(-1, 1)
 
 
+class VAEDecoder(nn.Module):
+    """Scaled latents ``(B, 4, h, w)`` -> images ``(B, 3, 8h, 8w)`` through a frozen VAE, with gradients to the
+    latents (for a loss in pixel space); unlike :func:`decode`, not clamped, so that the gradient never vanishes.
+    The VAE follows its input to whatever device that is on."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.vae.to(latents.device).decode(latents / SD_LATENT_SCALE).sample
+
+
 def precompute_latents(
     vae: nn.Module,
     dataset: Dataset,

@@ -5,8 +5,9 @@ and every point is trained once per seed (``train.seed``). Each run lives in ``o
 Trainer's checkpoint (an interrupted run resumes), ``samples.pt`` and ``metrics.json``. A run with a
 ``metrics.json`` is done and is not redone, so a sweep can be stopped and restarted, or extended.
 
-Scoring follows the data. Toy points: precision, recall, density and coverage (k = 5) and the sliced
-Wasserstein distance against a fresh draw of the same size; a consistency model on a Gaussian mixture adds its
+Scoring follows the data. Toy points: precision, recall, density and coverage (k = 5), the sliced
+Wasserstein distance and the W1 distance of pairwise distances (a structure statistic) against a fresh draw
+of the same size; a consistency model on a Gaussian mixture adds its
 multistep, inversion and jump scores against the exact ODE (:func:`flow_scores`). Digits: the same PRDC and FID
 on the digits feature network against the whole set. Other image sets: on Inception features (needs the weights).
 """
@@ -177,14 +178,15 @@ def reference_set(cfg: dict[str, Any], seed: int, count: int | None = None) -> T
 
 
 def score(cfg: dict[str, Any], samples: Tensor, reference: Tensor) -> dict[str, float]:
-    """Toy: PRDC (k = 5) and the sliced Wasserstein distance. Images (``samples`` in [-1, 1], ``reference``
-    uint8): FID and PRDC on the digits feature network (digits) or on Inception features."""
+    """Toy: PRDC (k = 5), the sliced Wasserstein distance and the pairwise-distance W1. Images (``samples`` in
+    [-1, 1], ``reference`` uint8): FID and PRDC on the digits feature network (digits) or on Inception features."""
     if is_toy(cfg):
-        from diffbook.metrics import prdc, sliced_wasserstein
+        from diffbook.metrics import pairwise_distance_w1, prdc, sliced_wasserstein
 
         results = prdc(reference, samples, k=5)
         generator = torch.Generator().manual_seed(0)
         results["sliced_wasserstein"] = sliced_wasserstein(reference, samples, generator=generator)
+        results["pairwise_w1"] = pairwise_distance_w1(reference, samples, generator=generator)
         return results
     from diffbook.metrics.features import InceptionFeatures, extract_features, feature_metrics, load_digits_feature_net
     from diffbook.sampling import to_uint8

@@ -4,7 +4,7 @@ from diffbook.metrics.fid import feature_statistics, fid_from_features, frechet_
 from diffbook.metrics.inception_score import inception_score
 from diffbook.metrics.isotropy import forward_isotropy, isotropy, isotropy_per_sample, predicted_noise_isotropy
 from diffbook.metrics.prdc import prdc
-from diffbook.metrics.toy import mmd_rbf, negative_log_likelihood, sliced_wasserstein
+from diffbook.metrics.toy import mmd_rbf, negative_log_likelihood, pairwise_distance_w1, sliced_wasserstein
 
 __all__ = [
     "feature_statistics",
@@ -18,6 +18,7 @@ __all__ = [
     "mmd_rbf",
     "negative_log_likelihood",
     "predicted_noise_isotropy",
+    "pairwise_distance_w1",
     "prdc",
     "sliced_wasserstein",
 ]

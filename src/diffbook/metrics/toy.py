@@ -36,6 +36,30 @@ def _sorted_projection(values: Tensor, n: int) -> Tensor:
     return torch.quantile(values, (torch.arange(n, dtype=values.dtype) + 0.5) / n, dim=0)
 
 
+def pairwise_distance_w1(x: Tensor, y: Tensor, pairs: int = 20_000, generator: torch.Generator | None = None) -> float:
+    """W1 between the distributions of pairwise distances within ``x: (N, D)`` and within ``y: (M, D)``: a
+    statistic of a set's structure, the quantity SADM matches batch by batch, blind to where the set lies.
+
+    ``pairs`` random pairs ``(i, j), i != j`` are drawn once and used in both sets (``N = M``), or drawn in each;
+    the 1D W1 then compares sorted distances. Scaling ``y = c x`` gives ``|c - 1|`` times the mean distance.
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"expected (N, D) and (M, D) samples, got {tuple(x.shape)} and {tuple(y.shape)}")
+    first, second = _random_pairs(len(x), pairs, generator)
+    dx = (x[first] - x[second]).double().norm(dim=1)
+    if len(y) != len(x):
+        first, second = _random_pairs(len(y), pairs, generator)
+    dy = (y[first] - y[second]).double().norm(dim=1)
+    return float((dx.sort().values - dy.sort().values).abs().mean())
+
+
+def _random_pairs(n: int, count: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """``count`` index pairs ``(i, j)`` of ``range(n)`` with ``i != j``."""
+    first = torch.randint(n, (count,), generator=generator)
+    second = (first + torch.randint(1, n, (count,), generator=generator)) % n
+    return first, second
+
+
 def mmd_rbf(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0)) -> float:
     """Unbiased squared maximum mean discrepancy with a sum of Gaussian kernels. ``x: (N, D)``, ``y: (M, D)``."""
     x, y = x.double(), y.double()

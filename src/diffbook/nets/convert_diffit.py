@@ -21,16 +21,20 @@ from torch import Tensor
 from diffbook.nets.diffit import LatentDiffiT, LatentDiffiTConfig, relative_position_index
 from diffbook.nets.transformer import sincos_pos_embed_2d
 
-# Released name (a regular expression on the whole key) -> the package's name.
-_RENAMES: tuple[tuple[str, str], ...] = (
+# Released name (a regular expression on the whole key) -> the package's name: the names that DiffiT's release
+# shares with DiT's (whose code it extends), then its own.
+DIT_RELEASE_RENAMES: tuple[tuple[str, str], ...] = (
     (r"x_embedder\.proj\.(weight|bias)", r"patch.proj.\1"),
     (r"t_embedder\.mlp\.([02])\.(weight|bias)", r"embed.mlp.\1.\2"),
     (r"y_embedder\.embedding_table\.weight", r"embed.label.weight"),
-    (r"blocks\.(\d+)\.attn\.qkv_temb\.(weight|bias)", r"blocks.\1.attn.time_qkv.\2"),
-    (r"blocks\.(\d+)\.attn\.relative_position_bias_table", r"blocks.\1.attn.bias.table"),
     (r"blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
     (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
     (r"final_layer\.linear\.(weight|bias)", r"final.linear.\1"),
+)
+_RENAMES: tuple[tuple[str, str], ...] = (
+    *DIT_RELEASE_RENAMES,
+    (r"blocks\.(\d+)\.attn\.qkv_temb\.(weight|bias)", r"blocks.\1.attn.time_qkv.\2"),
+    (r"blocks\.(\d+)\.attn\.relative_position_bias_table", r"blocks.\1.attn.bias.table"),
 )
 _RECOMPUTED = re.compile(r"pos_embed|blocks\.\d+\.attn\.relative_position_index")
 
@@ -41,22 +45,33 @@ def convert_released_state_dict(released: dict[str, Tensor], config: LatentDiffi
     Raises ValueError on a key it does not know, or on a saved position embedding or index that differs from
     the one ``config`` implies (a checkpoint for another resolution, say).
     """
+    for key in filter(_RECOMPUTED.fullmatch, released):
+        _check_recomputed(key, released[key], config)
+    kept = {key: value for key, value in released.items() if not _RECOMPUTED.fullmatch(key)}
+    return swap_time_sinusoid(rename_keys(kept, _RENAMES, "DiffiT"))
+
+
+def rename_keys(released: dict[str, Tensor], renames: tuple[tuple[str, str], ...], name: str) -> dict[str, Tensor]:
+    """Every key of ``released`` renamed by the first ``(pattern, target)`` whose pattern matches all of it;
+    ValueError on a key that none matches (``name`` names the release in the message)."""
     converted: dict[str, Tensor] = {}
     for key, value in released.items():
-        if _RECOMPUTED.fullmatch(key):
-            _check_recomputed(key, value, config)
-            continue
-        for pattern, target in _RENAMES:
+        for pattern, target in renames:
             if re.fullmatch(pattern, key):
                 converted[re.sub(pattern, target, key)] = value
                 break
         else:
-            raise ValueError(f"unexpected key {key!r} in the released DiffiT state dict")
-    first = converted.get("embed.mlp.0.weight")
-    if first is not None:  # [cos, sin] -> [sin, cos] on the input side of the first time-MLP layer
-        cos, sin = first.chunk(2, dim=1)
-        converted["embed.mlp.0.weight"] = torch.cat([sin, cos], dim=1)
+            raise ValueError(f"unexpected key {key!r} in the released {name} state dict")
     return converted
+
+
+def swap_time_sinusoid(weights: dict[str, Tensor], key: str = "embed.mlp.0.weight") -> dict[str, Tensor]:
+    """``weights`` with the input columns of the first time-MLP layer ``key`` swapped from a ``[cos, sin]``
+    sinusoid (the DiT and DiffiT releases) to the package's ``[sin, cos]``."""
+    if key not in weights:
+        return weights
+    cos, sin = weights[key].chunk(2, dim=1)
+    return weights | {key: torch.cat([sin, cos], dim=1)}
 
 
 def _check_recomputed(key: str, value: Tensor, config: LatentDiffiTConfig) -> None:

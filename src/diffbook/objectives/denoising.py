@@ -43,9 +43,10 @@ class DenoisingLoss:
     def __call__(
         self, model: Denoiser, batch: Tensor | tuple, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """``batch``: ``x0: (B, ...)`` or ``(x0, labels: (B,))``. Returns ``loss`` (scalar); ``eps_pred: (B, ...)``,
-        the noise the model predicts, still attached to the graph so that a penalty can be added on top (see
-        :mod:`diffbook.objectives.iso`); ``sigma`` and ``per_sample`` loss, both ``(B,)`` and detached, for logs."""
+        """``batch``: ``x0: (B, ...)`` or ``(x0, labels: (B,))``. Returns ``loss`` (scalar); ``eps_pred`` and
+        ``x0_pred: (B, ...)``, the noise and the clean sample the model predicts, still attached to the graph so
+        that a penalty can be added on top (:mod:`diffbook.objectives.iso`, :mod:`diffbook.objectives.sadm`);
+        ``sigma`` and ``per_sample`` loss, both ``(B,)`` and detached, for logs."""
         x0, labels = split_batch(batch)
         sigma = model.process.sample_sigma(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=_device(generator, x0)).to(x0)
@@ -54,10 +55,12 @@ class DenoisingLoss:
         out, (c_skip, c_out, _, _) = model.raw_vp(x, sigma, self._drop_labels(model, labels, generator))
         target = (x0 - c_skip * x) / c_out
         per_sample = (out - target).square().flatten(1).mean(dim=1)
-        eps_pred = (x - alpha * (c_skip * x + c_out * out)) / s  # (x_vp - alpha D) / s = (x - D(x)) / sigma
+        x0_pred = c_skip * x + c_out * out  # D(x), from the variance-preserving state
+        eps_pred = (x - alpha * x0_pred) / s  # (x_vp - alpha D) / s = (x - D(x)) / sigma
         return {
             "loss": per_sample.mean(),
             "eps_pred": eps_pred,
+            "x0_pred": x0_pred,
             "per_sample": per_sample.detach(),
             "sigma": sigma.detach(),
         }

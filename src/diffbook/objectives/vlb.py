@@ -88,7 +88,8 @@ class HybridLoss:
         self, model: Denoiser, batch: Tensor | tuple, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         """``batch``: ``x0: (B, ...)`` or ``(x0, labels: (B,))``. Returns ``loss`` (scalar) and, detached,
-        ``mse``, ``vb`` (bits per dim) and ``sigma``, each ``(B,)``."""
+        ``mse``, ``vb`` (bits per dim) and ``sigma``, each ``(B,)``; ``x0_pred: (B, ...)``, the clean estimate
+        with its graph, for a penalty on top (:mod:`diffbook.objectives.sadm`)."""
         process = model.process
         if not isinstance(process, DDPM) or not getattr(model.net, "learn_sigma", False):
             raise ValueError("the hybrid loss needs a DDPM process and a network built with learn_sigma=True")
@@ -102,10 +103,11 @@ class HybridLoss:
         labels = drop_labels(model, labels, self.label_dropout, generator)
         out, v, (c_skip, c_out, _, _) = model.raw_vp_variance(x, sigma, labels)
         mse = (out - (x0 - c_skip * x) / c_out).square().flatten(1).mean(1)
-        x0_hat = (c_skip * x + c_out * out).detach()  # the bound trains the variance only
-        vb = variance_bound_term(process, t, x0, x, x0_hat, v)
+        x0_pred = c_skip * x + c_out * out
+        vb = variance_bound_term(process, t, x0, x, x0_pred.detach(), v)  # the bound trains the variance only
         return {
             "loss": (mse + vb * process.T / 1000).mean(),
+            "x0_pred": x0_pred,
             "mse": mse.detach(),
             "vb": vb.detach(),
             "sigma": sigma.detach(),

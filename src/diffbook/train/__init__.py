@@ -5,13 +5,14 @@ from diffbook.train.distributed import DistributedContext, cleanup, init_distrib
 from diffbook.train.ema import EMA, ema_decay
 from diffbook.train.loop import infinite_batches, train
 from diffbook.train.timing import time_training_steps
-from diffbook.train.trainer import TrainConfig, Trainer, TrainResult
+from diffbook.train.trainer import TrainConfig, Trainer, TrainResult, TwoPlayerObjective
 
 __all__ = [
     "EMA",
     "DistributedContext",
     "TrainConfig",
     "TrainResult",
+    "TwoPlayerObjective",
     "Trainer",
     "cleanup",
     "ema_decay",

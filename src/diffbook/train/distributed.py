@@ -84,6 +84,32 @@ def all_reduce_mean(values: Tensor) -> Tensor:
     return total / dist.get_world_size()
 
 
+def all_gather_with_grad(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor: (B, ...)`` concatenated in rank order, ``(W B, ...)``; ``tensor`` itself on one rank.
+
+    Differentiable for this rank's part: every rank computes the same loss of the gathered batch, and the
+    gradient of its own rows is scaled by ``W``, so that the average DistributedDataParallel takes over ranks
+    is the gradient one process computes on the whole batch. All ranks must pass the same shape.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows = tensor.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows] * dist.get_world_size()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` when there is one rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -1,7 +1,9 @@
 """One training loop for every objective, in one process or many under ``torchrun``, resumable bit for bit.
 
 Each step draws this rank's share of the global batch, runs ``objective(model, batch)`` under the chosen
-precision, and takes an AdamW step on gradients that DistributedDataParallel has averaged over ranks. Losses
+precision, and takes an AdamW step on gradients that DistributedDataParallel has averaged over ranks. A
+two-player objective (:class:`TwoPlayerObjective`, e.g. SADM's structure discriminator) brings a second set of
+parameters, which gets its own optimizer and its own steps before each of the model's. Losses
 stay on the device between log lines; they are brought back, averaged over ranks and checked for NaN only at
 the steps that write something (a log line, a checkpoint, a sample grid), so the GPU never waits on them.
 """
@@ -13,9 +15,11 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +37,26 @@ Objective = Callable[..., dict[str, Tensor]]
 SampleFn = Callable[[nn.Module, int], Tensor | None]
 
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@runtime_checkable
+class TwoPlayerObjective(Protocol):
+    """An objective with a second player, an adversary of the model, which the Trainer optimises as well.
+
+    ``adversary`` holds the second player's parameters; ``adversary_loss(model, batch)`` is the loss they
+    minimise, computed without gradients into the model; ``adversary_lr`` is their AdamW learning rate (the
+    config's betas, weight decay, warm-up, clipping and precision apply to both players), and
+    ``adversary_steps`` the number of their steps before each of the model's. While the model steps, the
+    adversary is frozen: no gradients reach it, and it is in eval mode.
+    """
+
+    adversary: nn.Module
+    adversary_lr: float
+    adversary_steps: int
+
+    def __call__(self, model: nn.Module, batch: Tensor | tuple) -> dict[str, Tensor]: ...
+
+    def adversary_loss(self, model: nn.Module, batch: Tensor | tuple) -> dict[str, Tensor]: ...
 
 
 @dataclass
@@ -96,9 +120,11 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """The loss of every step this run took (averaged over ranks), and the EMA copy of the model if one was kept."""
+    """The loss of every step this run took (averaged over ranks), the adversary's loss at each step of a
+    two-player objective (its last step's, when it takes several), and the EMA copy of the model if one was kept."""
 
     losses: list[float] = field(default_factory=list)
+    adversary_losses: list[float] = field(default_factory=list)
     ema: nn.Module | None = None
 
     def smoothed(self, window: int = 50) -> list[float]:
@@ -182,7 +208,9 @@ class Trainer:
     the live one, in eval mode) every ``config.sample_every`` steps; returning None skips the grid.
     Under ``torchrun`` every rank builds the same Trainer (same config, same ``run_dir``); rank 0 alone writes.
     An objective with state of its own (a curriculum's step count) exposes ``state_dict()`` and
-    ``load_state_dict(state)``; the checkpoint keeps that state, and a resumed run restores it.
+    ``load_state_dict(state)``; the checkpoint keeps that state, and a resumed run restores it. A
+    :class:`TwoPlayerObjective`'s adversary is moved to the model's device, trained alongside, and kept in the
+    checkpoint with its optimizer.
     """
 
     def __init__(
@@ -212,19 +240,22 @@ class Trainer:
             config.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        self.module = wrap_ddp(_ObjectiveModule(model, objective), self.context)
-        if config.compile:
-            self.module = torch.compile(self.module)
+        self.player = _Player(model, self._wrap(_ObjectiveModule(model, objective)), config.lr, config)
         # After wrapping: DDP has broadcast rank 0's weights, and the average starts from those.
         self.ema = (
             EMA(model, ema_decay(config.ema_halflife_images, config.batch_size)) if config.ema_halflife_images else None
         )
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.adversary: _Player | None = None
+        if isinstance(objective, TwoPlayerObjective):
+            adversary = objective.adversary.to(self.device)
+            module = self._wrap(_AdversaryModule(adversary, partial(objective.adversary_loss, model)))
+            self.adversary = _Player(adversary, module, objective.adversary_lr, config)
         self.step = 0
         self.saved_step: int | None = None
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        module = wrap_ddp(module, self.context)
+        return torch.compile(module) if self.config.compile else module
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -263,7 +294,8 @@ class Trainer:
                 if any(self._due(every) for every in (cfg.log_every, cfg.checkpoint_every, cfg.sample_every)):
                     losses = self._checked_losses(pending, first_step=self.step - len(pending))
                     pending = []
-                    result.losses += losses
+                    result.losses += [row[0] for row in losses]
+                    result.adversary_losses += [row[1] for row in losses if len(row) > 1]
                     log.add(losses)
                     self._report(log, bar)
         self.model.eval()
@@ -274,7 +306,7 @@ class Trainer:
         """Write what falls due at this step: a log line, a checkpoint, a sample grid."""
         cfg = self.config
         if self._due(cfg.log_every):
-            record = log.write(self.step, self.optimizer.param_groups[0]["lr"])
+            record = log.write(self.step, self.player.optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}")
         if self._due(cfg.checkpoint_every) and self.run_dir is not None:
             self._save_checkpoint()
@@ -282,32 +314,37 @@ class Trainer:
             self._save_samples()
 
     def _train_step(self, batch: Tensor | list, step: int) -> Tensor:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr(step)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            loss = self.module(_to_device(batch, self.device))["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.config.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        """One step of each player, the adversary's first; returns their losses, ``(1,)`` or ``(2,)``, detached."""
+        batch, warmup = _to_device(batch, self.device), self._warmup_factor(step)
+        losses = []
+        if self.adversary is not None:
+            for _ in range(self.objective.adversary_steps):
+                adversary_loss = self.adversary.step(batch, warmup, self._autocast)
+        with _frozen(self.adversary.owner) if self.adversary is not None else nullcontext():
+            losses.append(self.player.step(batch, warmup, self._autocast))
+        if self.adversary is not None:
+            losses.append(adversary_loss)
         if self.ema is not None:
             self.ema.update(self.model)
-        return loss.detach()
+        return torch.stack(losses)
 
-    def _lr(self, step: int) -> float:
-        """The learning rate, ramped linearly from ``lr / warmup_steps`` at step 0 to ``lr``."""
+    def _autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def _warmup_factor(self, step: int) -> float:
+        """The fraction of the learning rates in use: from ``1 / warmup_steps`` at step 0, linearly, to 1."""
         warmup = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup else self.config.lr
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
-    def _checked_losses(self, pending: list[Tensor], first_step: int) -> list[float]:
+    def _checked_losses(self, pending: list[Tensor], first_step: int) -> list[list[float]]:
         # Averaged over ranks first, so that a NaN on any rank stops every rank at the same step.
         losses = all_reduce_mean(torch.stack(pending).float()).tolist()
-        for offset, loss in enumerate(losses):
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} at step {first_step + offset}; {self._stop_advice()}")
+        for offset, row in enumerate(losses):
+            if not all(math.isfinite(loss) for loss in row):
+                losses_now = f"{row[0]}" if len(row) == 1 else f"{row[0]} and the adversary's {row[1]}"
+                raise FloatingPointError(
+                    f"the loss became {losses_now} at step {first_step + offset}; {self._stop_advice()}"
+                )
         return losses
 
     def _stop_advice(self) -> str:
@@ -330,9 +367,9 @@ class Trainer:
                 "step": self.step,
                 "model": self.model.state_dict(),
                 "ema": self.ema.model.state_dict() if self.ema is not None else None,
-                "optimizer": self.optimizer.state_dict(),
+                **self.player.state_dict(),
+                "adversary": self.adversary.state_dict(module=True) if self.adversary is not None else None,
                 "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
-                "grad_scaler": self.scaler.state_dict(),
                 "data": asdict(self.batches.position),
                 "rng": rng_states,
                 "train_config": asdict(self.config),
@@ -349,10 +386,14 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.model.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.player.load_state_dict(state)
+        if (state.get("adversary") is not None) != (self.adversary is not None):
+            saved = "has" if state.get("adversary") is not None else "has no"
+            raise ValueError(f"{self.checkpoint_path} {saved} adversary and this run's objective does not match it")
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state["adversary"], module=True)
         if state.get("objective") is not None:
             self.objective.load_state_dict(state["objective"])
-        self.scaler.load_state_dict(state["grad_scaler"])
         self.batches.position = DataPosition(**state["data"])
         self.step = self.saved_step = state["step"]
         self._restore_rng(state["rng"])
@@ -389,6 +430,73 @@ class Trainer:
             save_image_grid(images, self.run_dir / "samples" / f"step-{self.step:07d}.png")
 
 
+class _Player:
+    """The parameters of ``owner``, stepped by AdamW on ``module(batch)["loss"]`` (``module`` may be DDP-wrapped).
+
+    Each player has its own gradient scaler, since an fp16 scale suits one loss and not necessarily another.
+    """
+
+    def __init__(self, owner: nn.Module, module: nn.Module, lr: float, config: TrainConfig) -> None:
+        self.owner, self.module, self.lr, self.grad_clip = owner, module, lr, config.grad_clip
+        self.optimizer = torch.optim.AdamW(
+            owner.parameters(), lr=lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        device = next(owner.parameters()).device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+
+    def step(self, batch: Tensor | tuple, warmup: float, autocast: Callable[[], AbstractContextManager]) -> Tensor:
+        """One optimizer step at ``warmup * lr``; returns the loss, detached."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * warmup
+        with autocast():
+            loss = self.module(batch)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.owner.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def state_dict(self, module: bool = False) -> dict[str, Any]:
+        """The optimizer's and the scaler's state, and with ``module`` the owner's weights."""
+        state = {"optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict()}
+        return state | {"module": self.owner.state_dict()} if module else state
+
+    def load_state_dict(self, state: dict[str, Any], module: bool = False) -> None:
+        if module:
+            self.owner.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["grad_scaler"])
+
+
+@contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """``module`` without gradients and in eval mode for the duration; its flags and mode are restored after."""
+    flags, training = [p.requires_grad for p in module.parameters()], module.training
+    module.requires_grad_(False).eval()
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(module.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+        module.train(training)
+
+
+class _AdversaryModule(nn.Module):
+    """``loss(batch)``, the adversary's loss, as the forward pass of a module whose only parameters are the
+    adversary's: DDP averages their gradients, and the model that the loss calls is not part of this module."""
+
+    def __init__(self, adversary: nn.Module, loss: Callable[[Tensor | tuple], dict[str, Tensor]]) -> None:
+        super().__init__()
+        self.adversary = adversary
+        self.loss = loss
+
+    def forward(self, batch: Tensor | tuple) -> dict[str, Tensor]:
+        return self.loss(batch)
+
+
 class _ObjectiveModule(nn.Module):
     """``objective(model, batch)`` as the forward pass of one module.
 
@@ -411,18 +519,21 @@ class _RunLog:
 
     def __init__(self, path: Path | None, step: int, images_per_step: int) -> None:
         self.path, self.images_per_step = path, images_per_step
-        self.losses: list[float] = []
+        self.losses: list[list[float]] = []
         self.start = self.last_time = time.perf_counter()
         self.last_step = step
 
-    def add(self, losses: list[float]) -> None:
+    def add(self, losses: list[list[float]]) -> None:
         self.losses += losses
 
     def write(self, step: int, lr: float) -> dict[str, float]:
+        """The line: ``loss`` (and ``adversary_loss`` for two players) is the mean since the last line."""
         now = time.perf_counter()
+        means = [sum(column) / len(column) for column in zip(*self.losses, strict=True)]
         record = {
             "step": step,
-            "loss": sum(self.losses) / len(self.losses),
+            "loss": means[0],
+            **({"adversary_loss": means[1]} if len(means) > 1 else {}),
             "lr": lr,
             "images_per_sec": self.images_per_step * (step - self.last_step) / max(now - self.last_time, 1e-9),
             "seconds": now - self.start,

@@ -1,0 +1,56 @@
+"""Load the released DiT weights (facebookresearch/DiT, e.g. ``DiT-XL-2-256x256.pt``) into
+:class:`~diffbook.nets.dit.DiT`: the starting point of SADM's ImageNet fine-tuning.
+
+The user supplies the file (a plain state dict); nothing is downloaded. As for DiffiT
+(:mod:`~diffbook.nets.convert_diffit`) the mapping is one of names, plus the ``[cos, sin]`` order of the release's
+timestep sinusoid; the fixed position embedding is recomputed from the config and checked against the saved one.
+The layer norms have no parameters in either, and the label table has the null class as its last row in both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffbook.nets.convert_diffit import DIT_RELEASE_RENAMES, rename_keys, swap_time_sinusoid
+from diffbook.nets.dit import DiT, DiTConfig
+from diffbook.nets.transformer import sincos_pos_embed_2d
+
+_RENAMES: tuple[tuple[str, str], ...] = (
+    *DIT_RELEASE_RENAMES,
+    (r"blocks\.(\d+)\.adaLN_modulation\.1\.(weight|bias)", r"blocks.\1.modulation.1.\2"),
+    (r"final_layer\.adaLN_modulation\.1\.(weight|bias)", r"final.modulation.1.\1"),
+)
+
+
+def convert_released_dit(released: dict[str, Tensor], config: DiTConfig) -> dict[str, Tensor]:
+    """The release's state dict renamed and re-laid-out for ``DiT(config)``.
+
+    Raises ValueError on a key it does not know, or on a saved position embedding that differs from the one
+    ``config`` implies (a checkpoint for another resolution or patch size).
+    """
+    saved = released.get("pos_embed")
+    if saved is not None:
+        expected = sincos_pos_embed_2d(config.dim, config.grid)[None]
+        if saved.shape != expected.shape or not torch.allclose(saved.float(), expected, atol=1e-5):
+            raise ValueError(f"the checkpoint's pos_embed does not match this config's (grid {config.grid}, {config})")
+    kept = {key: value for key, value in released.items() if key != "pos_embed"}
+    return swap_time_sinusoid(rename_keys(kept, _RENAMES, "DiT"))
+
+
+def load_released_dit(path: str | Path, config: DiTConfig) -> DiT:
+    """``DiT(config)`` with the released weights of ``path`` (``DiT-XL-2-256x256.pt`` with the ``XL/2`` preset);
+    every parameter must be matched (strict loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"DiT checkpoint {str(path)!r} not found: download it on a machine with internet from "
+            "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt (linked from "
+            "github.com/facebookresearch/DiT) and pass the file's path"
+        )
+    net = DiT(config)
+    released = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(convert_released_dit(released, config))
+    return net
