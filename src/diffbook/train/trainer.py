@@ -247,6 +247,8 @@ class Trainer:
         )
         self.adversary: _Player | None = None
         if isinstance(objective, TwoPlayerObjective):
+            if objective.adversary_steps < 1:
+                raise ValueError(f"a two-player objective needs adversary_steps >= 1, got {objective.adversary_steps}")
             adversary = objective.adversary.to(self.device)
             module = self._wrap(_AdversaryModule(adversary, partial(objective.adversary_loss, model)))
             self.adversary = _Player(adversary, module, objective.adversary_lr, config)
@@ -316,17 +318,15 @@ class Trainer:
     def _train_step(self, batch: Tensor | list, step: int) -> Tensor:
         """One step of each player, the adversary's first; returns their losses, ``(1,)`` or ``(2,)``, detached."""
         batch, warmup = _to_device(batch, self.device), self._warmup_factor(step)
-        losses = []
+        adversary_losses = []
         if self.adversary is not None:
-            for _ in range(self.objective.adversary_steps):
-                adversary_loss = self.adversary.step(batch, warmup, self._autocast)
+            steps = range(self.objective.adversary_steps)
+            adversary_losses = [self.adversary.step(batch, warmup, self._autocast) for _ in steps]
         with _frozen(self.adversary.owner) if self.adversary is not None else nullcontext():
-            losses.append(self.player.step(batch, warmup, self._autocast))
-        if self.adversary is not None:
-            losses.append(adversary_loss)
+            loss = self.player.step(batch, warmup, self._autocast)
         if self.ema is not None:
             self.ema.update(self.model)
-        return torch.stack(losses)
+        return torch.stack([loss, *adversary_losses[-1:]])
 
     def _autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
