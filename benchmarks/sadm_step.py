@@ -21,7 +21,7 @@ import torch
 
 from diffbook.config import build_model, build_objective, build_train_config, load_config, sample_shape
 from diffbook.objectives import DenoisingLoss
-from diffbook.train import Trainer
+from diffbook.train import Trainer, print_step_costs
 
 
 def seconds_per_step(cfg: dict, objective_of, steps: int, warmup: int, device: torch.device) -> float:
@@ -54,13 +54,8 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, "network.init_from=null"])
     builders = {"denoising": lambda model: DenoisingLoss(), "sadm": lambda model: build_objective(cfg, model)}
     ms = {name: 1000 * seconds_per_step(cfg, make, args.steps, args.warmup, device) for name, make in builders.items()}
-    print(
-        f"{args.config}, batch {cfg['train']['batch_size']}, {device} ({platform.processor() or platform.machine()}), "
-        f"{torch.get_num_threads()} threads, {args.steps} steps each"
-    )
-    for name, value in ms.items():
-        print(f"  {name:10s} {value:8.1f} ms/step")
-    print(f"  ratio      {ms['sadm'] / ms['denoising']:8.2f}")
+    machine = platform.processor() or platform.machine()
+    print_step_costs(f"{args.config}, batch {cfg['train']['batch_size']}, {device} ({machine})", args.steps, ms)
 
 
 if __name__ == "__main__":

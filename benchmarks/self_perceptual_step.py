@@ -19,7 +19,7 @@ import torch
 
 from diffbook.config import build_model, load_config, num_classes, sample_shape
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss
-from diffbook.train import time_training_steps
+from diffbook.train import print_step_costs, time_training_steps
 
 
 def main() -> None:
@@ -39,14 +39,9 @@ def main() -> None:
     x0 = torch.randn(args.batch, *sample_shape(cfg), device=device).clamp(-1, 1)
     batch = (x0, torch.randint(0, num_classes(cfg), (args.batch,), device=device)) if num_classes(cfg) else x0
     seconds = time_training_steps(model, objectives, batch, args.steps, args.warmup)
+    machine = platform.processor() or platform.machine()
     ms = {name: 1000 * value for name, value in seconds.items()}
-    print(
-        f"{args.config}, batch {args.batch}, {device} ({platform.processor() or platform.machine()}), "
-        f"{torch.get_num_threads()} threads, {args.steps} steps each"
-    )
-    for name, value in ms.items():
-        print(f"  {name:16s} {value:8.1f} ms/step")
-    print(f"  ratio            {ms['self_perceptual'] / ms['mse']:8.2f}")
+    print_step_costs(f"{args.config}, batch {args.batch}, {device} ({machine})", args.steps, ms)
 
 
 if __name__ == "__main__":

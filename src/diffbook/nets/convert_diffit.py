@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from diffbook.nets.diffit import LatentDiffiT, LatentDiffiTConfig, relative_position_index
+from diffbook.nets.dit import DiTConfig
 from diffbook.nets.transformer import sincos_pos_embed_2d
 
 # Released name (a regular expression on the whole key) -> the package's name: the names that DiffiT's release
@@ -74,14 +75,17 @@ def swap_time_sinusoid(weights: dict[str, Tensor], key: str = "embed.mlp.0.weigh
     return weights | {key: torch.cat([sin, cos], dim=1)}
 
 
+def check_pos_embed(saved: Tensor, config: LatentDiffiTConfig | DiTConfig) -> None:
+    """ValueError unless the release's fixed position embedding ``(1, N, dim)`` is the one ``config`` implies."""
+    expected = sincos_pos_embed_2d(config.dim, config.grid)[None]
+    if saved.shape != expected.shape or not torch.allclose(saved.float(), expected, atol=1e-5):
+        raise ValueError(f"the checkpoint's pos_embed does not match this config's (grid {config.grid}, {config})")
+
+
 def _check_recomputed(key: str, value: Tensor, config: LatentDiffiTConfig) -> None:
     if key == "pos_embed":
-        expected = sincos_pos_embed_2d(config.dim, config.grid)[None]
-        agrees = value.shape == expected.shape and torch.allclose(value.float(), expected, atol=1e-5)
-    else:
-        expected = relative_position_index(config.token_window)
-        agrees = torch.equal(value.long(), expected)
-    if not agrees:
+        check_pos_embed(value, config)
+    elif not torch.equal(value.long(), relative_position_index(config.token_window)):
         raise ValueError(f"the checkpoint's {key} does not match this config's (grid {config.grid}, {config})")
 
 

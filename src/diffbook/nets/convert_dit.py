@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffbook.nets.convert_diffit import DIT_RELEASE_RENAMES, rename_keys, swap_time_sinusoid
+from diffbook.nets.convert_diffit import DIT_RELEASE_RENAMES, check_pos_embed, rename_keys, swap_time_sinusoid
 from diffbook.nets.dit import DiT, DiTConfig
-from diffbook.nets.transformer import sincos_pos_embed_2d
 
 _RENAMES: tuple[tuple[str, str], ...] = (
     *DIT_RELEASE_RENAMES,
@@ -31,11 +30,8 @@ def convert_released_dit(released: dict[str, Tensor], config: DiTConfig) -> dict
     Raises ValueError on a key it does not know, or on a saved position embedding that differs from the one
     ``config`` implies (a checkpoint for another resolution or patch size).
     """
-    saved = released.get("pos_embed")
-    if saved is not None:
-        expected = sincos_pos_embed_2d(config.dim, config.grid)[None]
-        if saved.shape != expected.shape or not torch.allclose(saved.float(), expected, atol=1e-5):
-            raise ValueError(f"the checkpoint's pos_embed does not match this config's (grid {config.grid}, {config})")
+    if "pos_embed" in released:
+        check_pos_embed(released["pos_embed"], config)
     kept = {key: value for key, value in released.items() if key != "pos_embed"}
     return swap_time_sinusoid(rename_keys(kept, _RENAMES, "DiT"))
 

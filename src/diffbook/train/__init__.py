@@ -4,7 +4,7 @@ from diffbook.train.checkpoint import load_checkpoint, save_checkpoint
 from diffbook.train.distributed import DistributedContext, cleanup, init_distributed
 from diffbook.train.ema import EMA, ema_decay
 from diffbook.train.loop import infinite_batches, train
-from diffbook.train.timing import time_training_steps
+from diffbook.train.timing import print_step_costs, time_training_steps
 from diffbook.train.trainer import TrainConfig, Trainer, TrainResult, TwoPlayerObjective
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "infinite_batches",
     "init_distributed",
     "load_checkpoint",
+    "print_step_costs",
     "save_checkpoint",
     "time_training_steps",
     "train",

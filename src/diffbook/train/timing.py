@@ -37,6 +37,16 @@ def time_training_steps(
     return {name: total / steps for name, total in seconds.items()}
 
 
+def print_step_costs(description: str, steps: int, milliseconds: dict[str, float]) -> None:
+    """Print ``description`` with the device's threads, each objective's ms/step, and the ratio of the last
+    objective's cost to the first's (the candidate against its baseline)."""
+    print(f"{description}, {torch.get_num_threads()} threads, {steps} steps each")
+    for name, value in milliseconds.items():
+        print(f"  {name:16s} {value:8.1f} ms/step")
+    first, *_, last = milliseconds.values()
+    print(f"  {'ratio':16s} {last / first:8.2f}")
+
+
 def _one_step(model: nn.Module, objective: Objective, batch, optimizer: torch.optim.Optimizer, device) -> float:
     _synchronize(device)
     start = time.perf_counter()
