@@ -4,7 +4,7 @@
 #   make lint        ruff on the whole tree
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
 #   make bench       micro-benchmarks of the package on this machine
-#   make exercises   students' copies of the notebooks (solutions stubbed out) in students/
+#   make exercises   students' copies of the notebooks (solutions stubbed out) in exercises/ (committed)
 #   make lab         JupyterLab on notebooks/, its python3 kernel the package's environment
 
 PYTHON ?= python3
@@ -54,7 +54,7 @@ notebooks: install
 	DIFFBOOK_PROFILE=book $(BIN)/python -m diffbook notebooks $(NB)
 
 exercises: install
-	$(BIN)/python -m diffbook exercises --out students
+	$(BIN)/python -m diffbook exercises --out exercises
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py

@@ -224,7 +224,7 @@ def test_the_config_builds_each_encoder_and_refuses_bad_knobs():
         ("objective.affinity=angular", "affinity must be one of"),
         ("objective.weight=-1", "weight"),
         ("objective.encoder=latents", "does not take samples of shape"),
-        ("objective.base=vlb", "objective.base must be one of"),
+        ("objective.base=vlb", "objective.base.kind must be one of"),
     ]:
         cfg = load_config("toy/edm", ["objective.kind=sadm", override])
         with pytest.raises(ValueError, match=message):

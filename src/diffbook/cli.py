@@ -2,7 +2,8 @@
 
 - ``notebooks [PATHS...]``: execute notebooks in place and save their outputs (directories expand to the
   ``*.ipynb`` files inside them, sorted; default ``notebooks``).
-- ``exercises [--src notebooks] [--out students]``: write the students' copies of the notebooks.
+- ``exercises [--src notebooks] [--out exercises]``: write the students' copies of the notebooks;
+  ``exercises --check NOTEBOOK...`` runs notebooks and prints PASS or FAIL per exercise (exit 1 on a failure).
 - ``train --config NAME [key=value ...] [--run-dir DIR] [--dry-run]``: train from a config (see
   :mod:`diffbook.config`); resumes from ``DIR/checkpoint.pt`` when there is one.
 - ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9] [--vae ID]``:
@@ -15,6 +16,9 @@
 - ``sweep --config NAME --grid KEY=V1,V2 [--grid ...] --seeds 0-2 --out DIR [--samples N] [--jobs J] [key=value ...]``:
   one model per grid point and seed, trained, sampled and scored; ``DIR/table.md`` holds mean +- std per point
   (see :mod:`diffbook.sweep`). Finished runs are not redone.
+- ``benchmark --suite toy|digits [--seeds 3] [--out DIR] [--jobs 2]``: the comparison chapter's suite, every
+  method and combination on the same data, metrics and seeds, at the active profile's scale; writes
+  ``DIR/results.json``, ``table.md`` and ``comparison.png`` (see :mod:`diffbook.comparison`). Resumable.
 - ``precompute-latents --root DIR --out DIR [--data imagefolder] [--resolution 256] [--vae ID|PATH] [--flip]``:
   encode a dataset once with Stable Diffusion's VAE, for the latent models' configs (``data.name: latents``).
 
@@ -54,11 +58,19 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 
 def _exercises(args: argparse.Namespace) -> int:
-    from diffbook.notebooks import write_student_copies
+    from diffbook.notebooks import grade, write_student_copies
 
-    written = write_student_copies(args.src, args.out)
-    print(f"Wrote {len(written)} student notebook(s) to {args.out}/")
-    return 0
+    if not args.check:
+        written = write_student_copies(args.src, args.out)
+        print(f"Wrote {len(written)} student notebook(s) to {args.out}/")
+        return 0
+    failed = 0
+    for path in args.check:
+        for number, passed, message in grade(path, args.profile):
+            failed += not passed
+            last_line = message.splitlines()[-1] if message else ""
+            print(f"{path}: exercise {number}: {'PASS' if passed else 'FAIL'} {last_line}")
+    return 1 if failed else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -202,6 +214,17 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from diffbook.comparison import run_suite, suite
+
+    chosen = suite(args.suite, args.seeds)
+    out = Path(args.out or f"runs/comparison-{args.suite}-{current_profile()}")
+    results = run_suite(chosen, out, args.jobs)
+    print((out / "table.md").read_text(), end="")
+    print(f"{len(results['runs'])} evaluation(s) in {results['wall_seconds'] / 60:.1f} min; results in {out}/")
+    return 0
+
+
 def _precompute_latents(args: argparse.Namespace) -> int:
     from diffbook.data import load_image_dataset
     from diffbook.latents import SD_VAE, load_vae, precompute_latents
@@ -251,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     exercises = commands.add_parser("exercises", help="write students' copies with the solutions removed")
     exercises.add_argument("--src", default="notebooks", help="directory of solution notebooks")
-    exercises.add_argument("--out", default="students", help="directory for the students' copies")
+    exercises.add_argument("--out", default="exercises", help="directory for the students' copies")
+    exercises.add_argument(
+        "--check", nargs="+", metavar="NOTEBOOK", help="instead, run these notebooks and grade each exercise"
+    )
+    exercises.add_argument("--profile", default="quick", choices=PROFILES, help="the profile --check runs in")
     exercises.set_defaults(run=_exercises)
 
     _add_train(commands)
@@ -259,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_train_feature_net(commands)
     _add_sweep(commands)
+    _add_benchmark(commands)
     _add_precompute_latents(commands)
     _add_import_dit(commands)
     return parser
@@ -327,6 +355,17 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every run")
     sweep.set_defaults(run=_sweep)
+
+
+def _add_benchmark(commands) -> None:
+    benchmark = commands.add_parser(
+        "benchmark", help="the comparison chapter's suite: every method on the same data, metrics and seeds"
+    )
+    benchmark.add_argument("--suite", required=True, choices=("toy", "digits"), help="2D sets or digits")
+    benchmark.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the profile's, book 3)")
+    benchmark.add_argument("--out", default=None, help="default runs/comparison-<suite>-<profile>")
+    benchmark.add_argument("--jobs", type=int, default=2, help="models trained at once, one process and thread each")
+    benchmark.set_defaults(run=_benchmark)
 
 
 def _add_precompute_latents(commands) -> None:

@@ -10,7 +10,8 @@ A config has seven sections::
                init_from: a checkpoint to start training from (fine-tuning; see load_init_weights)
     process    kind (ddpm | edm | vp | ve | bcm) and that process's fields; bcm's two-time preconditioning
                wraps the network as a BidirectionalConsistency model f(x, t, u), the others as a Denoiser
-    objective  kind (a key of OBJECTIVES) and the arguments of its builder
+    objective  kind (a key of OBJECTIVES) and the arguments of its builder; a penalty (iso, sadm) takes a base:
+               the objective it adds to, a kind or a nested section ({kind: self_perceptual, form: paper})
     train      the fields of diffbook.train.TrainConfig (steps, batch_size, lr, warmup_steps, grad_clip, ...)
     sample     sampler (ddpm | ddim | heun | euler | consistency), steps, and that sampler's options; the
                diffusion samplers also take classifier-free guidance: cfg_scale, cfg_power, cfg_channels
@@ -108,17 +109,25 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _iso_loss(weight: float = 0.0, form: str = "batch", label_dropout: float = 0.0) -> IsoLoss:
-    return IsoLoss(weight, form, DenoisingLoss(label_dropout))
+def _iso_loss(
+    weight: float = 0.0,
+    form: str = "batch",
+    label_dropout: float = 0.0,
+    base: str | dict = "denoising",
+    model: Denoiser | None = None,
+    sample_shape: tuple[int, ...] = (),
+) -> IsoLoss:
+    return IsoLoss(weight, form, base_objective(base, label_dropout, model, sample_shape))
 
 
 def _self_perceptual_loss(
-    model: Denoiser, form: str = "paper", label_dropout: float = 0.0, mse_weight: float = 0.0
+    model: Denoiser | None, form: str = "paper", label_dropout: float = 0.0, mse_weight: float = 0.0
 ) -> SelfPerceptualLoss:
+    if model is None:
+        raise ValueError("objective.kind 'self_perceptual' is built from the model: call build_objective(cfg, model)")
     return SelfPerceptualLoss.from_model(model, form=form, label_dropout=label_dropout, mse_weight=mse_weight)
 
 
-SADM_BASES: dict[str, type] = {"denoising": DenoisingLoss, "hybrid": HybridLoss}
 SADM_INPUT_SPACES = ("data", "pixels")
 
 
@@ -136,13 +145,13 @@ def _sadm_loss(
     feature_dim: int | None = None,
     input_space: str = "data",
     vae: str | None = None,
-    base: str = "denoising",
+    base: str | dict = "denoising",
     label_dropout: float = 0.0,
+    model: Denoiser | None = None,
 ) -> SADMLoss:
     # encoder: points for points and images for images unless named (latents: the latent encoder);
     # input_space: pixels decodes a latent model's samples with the frozen VAE before the encoder.
-    if base not in SADM_BASES:
-        raise ValueError(f"objective.base must be one of {', '.join(SADM_BASES)}, got {base!r}")
+    base_loss = base_objective(base, label_dropout, model, sample_shape)
     if input_space not in SADM_INPUT_SPACES:
         raise ValueError(f"objective.input_space must be one of {', '.join(SADM_INPUT_SPACES)}, got {input_space!r}")
     to_encoder_input = None
@@ -161,7 +170,7 @@ def _sadm_loss(
         weighting,
         adversary_lr,
         adversary_steps,
-        SADM_BASES[base](label_dropout),
+        base_loss,
         to_encoder_input,
     )
 
@@ -177,6 +186,45 @@ OBJECTIVES: dict[str, Callable[..., Callable]] = {
     "sadm": _sadm_loss,
 }
 _SUPPLIED = ("model", "sample_shape")
+
+
+def base_objective(
+    base: str | dict, label_dropout: float, model: Denoiser | None, sample_shape: tuple[int, ...]
+) -> Callable:
+    """The objective under a penalty (``iso``, ``sadm``): ``base`` names a kind, which takes the penalty's
+    ``label_dropout``, or is a section of its own (``{kind: self_perceptual, form: paper}``), nested at will.
+
+    A two-player objective (``sadm``) cannot be a base: the Trainer sees only the outermost objective's
+    adversary, so it must be the outermost.
+    """
+    if isinstance(base, str):
+        section = {"kind": base}
+        if "label_dropout" in inspect.signature(OBJECTIVES.get(base, DenoisingLoss)).parameters:
+            section["label_dropout"] = label_dropout
+    elif label_dropout:
+        raise ValueError("objective.base is a section: give label_dropout inside it, not beside it")
+    else:
+        section = base
+    objective = objective_from_section(section, model, sample_shape, "objective.base")
+    if hasattr(objective, "adversary"):
+        raise ValueError("a two-player objective (sadm) cannot be a base: make it the outermost objective")
+    return objective
+
+
+def objective_from_section(
+    section: dict[str, Any], model: Denoiser | None, sample_shape: tuple[int, ...], name: str = "objective"
+) -> Callable:
+    """The objective of one config section (``kind`` and its builder's arguments); ``name`` is its place, for
+    errors. Builders that take ``model`` or ``sample_shape`` get them."""
+    kind = section.get("kind")
+    if kind not in OBJECTIVES:
+        raise ValueError(f"{name}.kind must be one of {', '.join(OBJECTIVES)}, got {kind!r}")
+    arguments = {k: v for k, v in section.items() if k != "kind"}
+    parameters = inspect.signature(OBJECTIVES[kind]).parameters
+    supplied = {"model": model, "sample_shape": sample_shape}
+    arguments.update({key: value for key, value in supplied.items() if key in parameters})
+    return OBJECTIVES[kind](**arguments)
+
 
 _FIXED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("source", "data", "network", "process", "objective", "train", "sample"),
@@ -265,8 +313,11 @@ def valid_keys(cfg: Config, section: str) -> tuple[str, ...]:
     if section == "process":
         kind = _kind(cfg, "process", PROCESSES)
         return ("kind", *(f.name for f in dataclasses.fields(PROCESSES[kind]) if f.init))
-    if section == "objective":
-        builder = OBJECTIVES[_kind(cfg, "objective", OBJECTIVES)]
+    if section == "objective" or section.startswith("objective."):  # objective.base may be a section too
+        node = _section(cfg, section)
+        if node.get("kind") not in OBJECTIVES:
+            raise ValueError(f"{section}.kind must be one of {', '.join(OBJECTIVES)}, got {node.get('kind')!r}")
+        builder = OBJECTIVES[node["kind"]]
         return ("kind", *(name for name in inspect.signature(builder).parameters if name not in _SUPPLIED))
     if section == "sample":
         sampler = _kind(cfg, "sample", SAMPLER_OPTIONS, key="sampler")
@@ -286,11 +337,16 @@ def _kind(cfg: Config, section: str, choices: Iterable[str], key: str = "kind") 
     return value
 
 
-def check_keys(cfg: Config, section: str = "") -> None:
-    """Raise ValueError on the first key of ``cfg`` that its section does not allow, naming the closest ones."""
+def _section(cfg: Config, section: str) -> Any:
     node = cfg
     for part in filter(None, section.split(".")):
         node = node[part]
+    return node
+
+
+def check_keys(cfg: Config, section: str = "") -> None:
+    """Raise ValueError on the first key of ``cfg`` that its section does not allow, naming the closest ones."""
+    node = _section(cfg, section)
     if not isinstance(node, dict):
         raise ValueError(f"config section {section!r} must be a mapping, got {node!r}")
     allowed = valid_keys(cfg, section)
@@ -433,16 +489,7 @@ def build_objective(cfg: Config, model: Denoiser | None = None) -> Callable:
     Objectives built from the model being trained (the self-perceptual loss freezes a copy of it) need ``model``,
     with its initial weights already loaded (:func:`load_init_weights`); the others ignore it.
     """
-    kind = _kind(cfg, "objective", OBJECTIVES)
-    arguments = {k: v for k, v in cfg["objective"].items() if k != "kind"}
-    parameters = inspect.signature(OBJECTIVES[kind]).parameters
-    if "model" in parameters:
-        if model is None:
-            raise ValueError(f"objective.kind {kind!r} is built from the model: call build_objective(cfg, model)")
-        arguments["model"] = model
-    if "sample_shape" in parameters:
-        arguments["sample_shape"] = sample_shape(cfg)
-    return OBJECTIVES[kind](**arguments)
+    return objective_from_section(cfg["objective"], model, sample_shape(cfg))
 
 
 @dataclass(frozen=True)
@@ -506,6 +553,14 @@ class Sampler:
         return GuidedDenoiser(
             denoiser, scale, channels=self.options.get("cfg_channels"), power=self.options.get("cfg_power")
         )
+
+    @property
+    def nfe(self) -> int:
+        """Network calls per sample: one per step, but two for each of Heun's steps except the last (to
+        ``sigma = 0``, an Euler step); a consistency schedule's jumps. Guidance batches its two calls as one."""
+        if self.name == "consistency":
+            return schedule_nfe(self.schedule)
+        return 2 * self.steps - 1 if self.name == "heun" else self.steps
 
     @property
     def schedule(self) -> tuple[tuple[float, ...], ...]:

@@ -99,6 +99,20 @@ def find_in_outputs(nb: nbformat.NotebookNode, needles: Iterable[str]) -> list[t
     return hits
 
 
+def _client(nb: nbformat.NotebookNode, path: Path, timeout: int, allow_errors: bool = False) -> NotebookClient:
+    """A client that runs ``nb`` in a kernel of this interpreter, in the directory of ``path``."""
+    return NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        kernel_manager_class=_CurrentEnvKernelManager,
+        allow_errors=allow_errors,
+        record_timing=False,
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],  # keeps the kernel's start-up warnings off the terminal
+        resources={"metadata": {"path": str(path.resolve().parent)}},
+    )
+
+
 def execute_notebook(path: str | Path, profile: str = "book", timeout: int = 900) -> float:
     """Run a notebook top to bottom in a fresh kernel and save it in place with its outputs.
 
@@ -120,15 +134,7 @@ def execute_notebook(path: str | Path, profile: str = "book", timeout: int = 900
         raise ValueError(f"Unknown profile {profile!r}; valid profiles are {', '.join(PROFILES)}.")
     path = Path(path)
     nb = nbformat.read(path, as_version=NOTEBOOK_VERSION)
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name="python3",
-        kernel_manager_class=_CurrentEnvKernelManager,
-        record_timing=False,
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],  # keeps the kernel's start-up warnings off the terminal
-        resources={"metadata": {"path": str(path.resolve().parent)}},
-    )
+    client = _client(nb, path, timeout)
     start = time.perf_counter()
     client.execute(env=_kernel_env(profile))
     seconds = time.perf_counter() - start
@@ -248,3 +254,22 @@ def write_student_copies(src_dir: str | Path, out_dir: str | Path) -> list[Path]
         nbformat.write(copy, target)
         written.append(target)
     return written
+
+
+def grade(path: str | Path, profile: str = "quick", timeout: int = 900) -> list[tuple[int, bool, str]]:
+    """Run a notebook top to bottom (it is not saved) and grade its exercises: ``(exercise, passed, message)``
+    for each ``# CHECK`` cell, numbered from 1 in order; ``message`` is the check's output or its error."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=NOTEBOOK_VERSION)
+    client = _client(nb, path, timeout, allow_errors=True)  # a failed exercise must not stop the ones after it
+    client.execute(env=_kernel_env(profile))
+    checks = [cell for cell in nb.cells if cell.cell_type == "code" and cell.source.startswith(CHECK_MARKER)]
+    grades = []
+    for number, cell in enumerate(checks, start=1):
+        errors = [output for output in cell.outputs if output.output_type == "error"]
+        if errors:
+            grades.append((number, False, f"{errors[0].ename}: {errors[0].evalue}"))
+        else:
+            text = "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
+            grades.append((number, True, text.strip()))
+    return grades

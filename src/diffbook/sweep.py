@@ -108,40 +108,59 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    from diffbook.train import Trainer  # the trainer pulls in distributed set-up that scoring does not need
-
-    start = time.perf_counter()
-    seed_everything(run.seed)  # the initial weights differ by seed, and not with what ran before in this process
-    model = load_init_weights(build_model(cfg), cfg)
-    trainer = Trainer(
-        model,
-        build_objective(cfg, model),
-        build_dataset(cfg),
-        build_train_config(cfg),
-        run_dir,
-        progress=progress,
-        desc=run.name,
-    )
-    trainer.fit()
-    train_seconds = time.perf_counter() - start
-    trained = (trainer.ema.model if trainer.ema is not None else model).eval()
-
-    reference = reference_set(cfg, run.seed, num_samples)
-    start = time.perf_counter()
-    samples = generate_samples(trained, cfg, len(reference), seed=run.seed)
-    sample_seconds = time.perf_counter() - start
-    torch.save(samples, run_dir / "samples.pt")
+    model, train_seconds = train_run(cfg, run_dir, run.seed, progress, desc=run.name)
     record = {
         "run": run.name,
         "overrides": list(run.overrides),
         "seed": run.seed,
-        "metrics": score(cfg, samples, reference) | flow_scores(cfg, trained, len(reference), run.seed),
+        **evaluate_run(model, cfg, run.seed, num_samples, run_dir / "samples.pt"),
         "train_steps": cfg["train"]["steps"],
         "train_seconds": train_seconds,
-        "sample_seconds": sample_seconds,
     }
+    record["metrics"] |= flow_scores(cfg, model, record["num_samples"], run.seed)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def train_run(
+    cfg: dict[str, Any], run_dir: Path, seed: int, progress: bool = True, desc: str | None = None
+) -> tuple[torch.nn.Module, float]:
+    """Train ``cfg``'s model in ``run_dir`` (resuming from its checkpoint; a finished run is only loaded).
+
+    Returns the model to sample from (the EMA copy when there is one), in eval mode, and the seconds spent.
+    """
+    from diffbook.train import Trainer  # the trainer pulls in distributed set-up that scoring does not need
+
+    start = time.perf_counter()
+    seed_everything(seed)  # the initial weights differ by seed, and not with what ran before in this process
+    model = load_init_weights(build_model(cfg), cfg)
+    objective = build_objective(cfg, model)
+    trainer = Trainer(
+        model, objective, build_dataset(cfg), build_train_config(cfg), run_dir, progress=progress, desc=desc or "train"
+    )
+    trainer.fit()
+    trained = trainer.ema.model if trainer.ema is not None else model
+    return trained.eval(), time.perf_counter() - start
+
+
+def evaluate_run(
+    model: torch.nn.Module, cfg: dict[str, Any], seed: int, num_samples: int | None, save_to: Path | None = None
+) -> dict[str, Any]:
+    """Sample ``model`` with ``cfg``'s sampler as many times as the reference set has items, and score the
+    samples (:func:`score`). Returns ``metrics``, ``num_samples``, ``nfe`` and ``sample_seconds``; the samples
+    go to ``save_to`` when given."""
+    reference = reference_set(cfg, seed, num_samples)
+    start = time.perf_counter()
+    samples = generate_samples(model, cfg, len(reference), seed=seed)
+    sample_seconds = time.perf_counter() - start
+    if save_to is not None:
+        torch.save(samples, save_to)
+    return {
+        "metrics": score(cfg, samples, reference),
+        "num_samples": len(reference),
+        "nfe": build_sampler(cfg).nfe,
+        "sample_seconds": sample_seconds,
+    }
 
 
 @torch.no_grad()
@@ -271,13 +290,14 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for overrides, group in groups.items():
         row: dict[str, Any] = {"overrides": list(overrides), "seeds": len(group)}
         for metric in group[0]["metrics"]:
-            row[metric] = _mean_std([record["metrics"][metric] for record in group])
-        row["train_seconds"] = _mean_std([record["train_seconds"] for record in group])
+            row[metric] = mean_std([record["metrics"][metric] for record in group])
+        row["train_seconds"] = mean_std([record["train_seconds"] for record in group])
         rows.append(row)
     return rows
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0 for one value)."""
     mean = sum(values) / len(values)
     if len(values) == 1:
         return mean, 0.0

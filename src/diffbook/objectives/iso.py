@@ -14,6 +14,7 @@ it cannot resolve); the penalty pushes it towards a rescaled ``c eps*`` with ``c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,14 +46,14 @@ def isotropy_penalty(eps_pred: Tensor, form: PenaltyForm = "batch") -> Tensor:
 class IsoLoss:
     """``base + weight * isotropy_penalty(eps_pred)``: the paper's lambda is ``weight``.
 
-    ``base`` is any objective whose output holds ``eps_pred`` (the predicted noise, attached to the graph), the
-    plain denoising loss by default; so the penalty stacks on other objectives too. ``weight = 0`` returns the
-    base loss unchanged, bit for bit.
+    ``base`` is any objective whose output holds ``eps_pred`` (the predicted noise, attached to the graph): the
+    plain denoising loss by default, the self-perceptual or the hybrid loss as well, so the penalty stacks on
+    other objectives. ``weight = 0`` returns the base loss unchanged, bit for bit.
     """
 
     weight: float = 0.0
     form: PenaltyForm = "batch"
-    base: DenoisingLoss = field(default_factory=DenoisingLoss)
+    base: Callable[..., dict[str, Tensor]] = field(default_factory=DenoisingLoss)
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -65,6 +66,8 @@ class IsoLoss:
     ) -> dict[str, Tensor]:
         """``batch`` as the base objective takes it. Adds ``isotropy: (B,)`` and the scalar ``penalty``, detached."""
         out = self.base(model, batch, generator)
+        if "eps_pred" not in out:
+            raise ValueError(f"the isotropy penalty needs a base objective that returns eps_pred, not {self.base!r}")
         penalty = isotropy_penalty(out["eps_pred"], self.form)
         return {
             **out,

@@ -241,6 +241,8 @@ class SADMLoss:
         entries, with ``loss = base + weight * structure`` and the detached scalars ``denoising`` and
         ``structure``. At ``weight = 0`` the loss is the base loss, bit for bit, and the encoder is not run."""
         out = self.base(model, batch, generator)
+        if "x0_pred" not in out:
+            raise ValueError(f"the structure loss needs a base objective that returns x0_pred, not {self.base!r}")
         if self.weight == 0:
             return {**out, "denoising": out["loss"].detach()}
         structure = self.structure(split_batch(batch)[0], out["x0_pred"], out["sigma"])

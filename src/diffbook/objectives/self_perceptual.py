@@ -132,8 +132,10 @@ class SelfPerceptualLoss:
         """The loss at given draws: ``x0, eps: (B, ...)``, noise levels ``sigma`` (step t) and ``sigma_prime``
         (step t'): ``(B,)``, as the process's EDM sigmas (``inf`` is the zero-SNR step).
 
-        Returns ``loss`` (scalar, with the graph); detached ``per_sample`` feature loss, ``v_mse`` (the online
-        model's ``||v_hat - v||^2``), ``sigma`` and ``sigma_prime``, all ``(B,)``.
+        Returns ``loss`` (scalar, with the graph); ``eps_pred`` and ``x0_pred: (B, ...)``, the online model's
+        predictions at step t, attached, for a penalty on top (:mod:`diffbook.objectives.iso`,
+        :mod:`diffbook.objectives.sadm`); detached ``per_sample`` feature loss, ``v_mse`` (the online model's
+        ``||v_hat - v||^2``), ``sigma`` and ``sigma_prime``, all ``(B,)``.
         """
         if getattr(model.process, "prediction", None) != "v":
             raise ValueError("the self-perceptual objective needs a v-prediction model (DDPM(prediction='v'))")
@@ -150,6 +152,8 @@ class SelfPerceptualLoss:
             loss = loss + self.mse_weight * v_mse.mean()
         return {
             "loss": loss,
+            "eps_pred": eps_hat,
+            "x0_pred": x0_hat,
             "per_sample": per_sample.detach(),
             "v_mse": v_mse.detach(),
             "sigma": sigma.detach(),
