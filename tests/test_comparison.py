@@ -205,3 +205,11 @@ def test_summarize_keeps_the_order_rows_first_appear_in():
     rows = summarize([record("b", 0, 1.0), record("a", 0, 5.0), record("b", 1, 3.0)])
     assert [(row["row"], row["seeds"]) for row in rows] == [("b", 2), ("a", 1)]
     assert rows[0]["fid"] == (2.0, math.sqrt(2)) and rows[1]["fid"] == (5.0, 0.0)
+
+
+def test_a_run_directory_of_another_config_is_refused(tmp_path):
+    run_suite(_tiny_suite(seeds=1), tmp_path, progress=False)
+    changed = _tiny_suite(seeds=1)
+    changed = Suite(changed.name, changed.datasets, changed.methods, changed.metrics, 200, 1, (*TINY, "train.lr=1e-4"))
+    with pytest.raises(ValueError, match="another config"):
+        run_suite(changed, tmp_path, progress=False)

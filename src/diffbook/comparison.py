@@ -223,11 +223,13 @@ def run_task(task: _Task, progress: bool = True) -> list[dict[str, Any]]:
     """Train the task's model (or load it when trained) and write one record per evaluation not yet on disk.
 
     Returns the records of every evaluation, in the method's order."""
-    run = task.run_dir
+    run, cfg = task.run_dir, task.config()
+    saved = run / "config.yaml"
+    if saved.exists() and saved.read_text() != to_yaml(cfg):
+        raise ValueError(f"{run} holds a run of another config: delete it, or give the suite another out_dir")
     if not task.done:
         run.mkdir(parents=True, exist_ok=True)
-        cfg = task.config()
-        (run / "config.yaml").write_text(to_yaml(cfg))
+        saved.write_text(to_yaml(cfg))
         model, seconds = train_run(cfg, run, task.seed, progress, desc=f"{task.dataset} {run.name}")
         cost = _training_cost(task, cfg["train"]["steps"], seconds)
         for evaluation in task.method.evaluations:
@@ -328,7 +330,9 @@ def _run_parallel(tasks: list[_Task], jobs: int, bar) -> dict[_Task, list[dict[s
     context = multiprocessing.get_context("spawn")  # forking a process that has run torch can hang
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         while waiting or running:
-            for task in [t for t in waiting if t.parent is None or t.parent in results]:
+            # No more tasks in flight than workers: a killed driver leaves no queue for its workers to go on with.
+            ready = [t for t in waiting if t.parent is None or t.parent in results][: jobs - len(running)]
+            for task in ready:
                 waiting.remove(task)
                 running[pool.submit(run_task, task, False)] = task
             done, _ = wait(running, return_when=FIRST_COMPLETED)
