@@ -3,7 +3,7 @@
 #   make test        unit tests, notebooks in the quick profile (nbval), then a strict book build
 #   make lint        ruff on the whole tree
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
-#   make bench       micro-benchmarks of the package on this machine
+#   make bench       the package against diffusers, torchvision and clean-fid: ratios into benchmarks/RESULTS.md
 #   make exercises   students' copies of the notebooks (solutions stubbed out) in exercises/ (committed)
 #   make lab         JupyterLab on notebooks/, its python3 kernel the package's environment
 
@@ -57,9 +57,7 @@ exercises: install
 	$(BIN)/python -m diffbook exercises --out exercises
 
 bench: install
-	$(BIN)/python benchmarks/throughput.py
-	$(BIN)/python benchmarks/cifar10_training.py --config cifar10/ddpm --batch 8
-	$(BIN)/python benchmarks/cifar10_training.py --config cifar10/edm --batch 8
+	$(BIN)/python benchmarks/peers.py --results benchmarks/RESULTS.md
 
 # The kernelspec goes into the environment, and JUPYTER_PATH puts it before any python3 kernel of the user's,
 # so that the notebooks (whose kernel is python3) run where the package is installed.

@@ -19,6 +19,7 @@ import time
 import torch
 
 from diffbook.config import build_model, build_objective, load_config
+from diffbook.perf import synchronize
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,13 +59,11 @@ def main() -> None:
 
     for _ in range(args.warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffbook.config import build_network, load_config, sample_shape
+from diffbook.perf import PeakMemory, count_flops, synchronize
 
 CONFIGS = ("cifar10/diffit", "imagenet256/diffit", "imagenet256/dit")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,36 +36,7 @@ def forward_flops(config: str) -> int:
         net = build_network(cfg)
         x, t = torch.randn(1, *sample_shape(cfg)), torch.ones(1)
         labels = torch.zeros(1, dtype=torch.long) if getattr(net, "num_classes", 0) else None
-        with FlopCounterMode(display=False) as counter:
-            net(x, t, labels)
-    return counter.get_total_flops()
-
-
-def _rss_mib(field: str) -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+) kB", status)[1]) / 1024
-
-
-class PeakMemory:
-    """Peak memory in MiB above the level at :meth:`reset`: CUDA's allocator, or the process's resident set."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the resident-set peak
-            self.base = _rss_mib("VmRSS")
-
-    def peak(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
-        return _rss_mib("VmHWM") - self.base
+        return count_flops(lambda: net(x, t, labels))
 
 
 def time_step(config: str, device: torch.device, batch: int, precision: str, warmup: int, reps: int) -> dict:
@@ -84,8 +53,7 @@ def time_step(config: str, device: torch.device, batch: int, precision: str, war
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = net(x, t, labels).float().square().mean()
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     memory = PeakMemory(device)
     for _ in range(warmup):

@@ -21,6 +21,7 @@ import torch
 
 from diffbook.config import build_model, build_objective, build_train_config, load_config, sample_shape
 from diffbook.objectives import DenoisingLoss
+from diffbook.perf import synchronize
 from diffbook.train import Trainer, print_step_costs
 
 
@@ -35,8 +36,7 @@ def seconds_per_step(cfg: dict, objective_of, steps: int, warmup: int, device: t
         config.steps, config.log_every, config.checkpoint_every = count, count, count
         start = time.perf_counter()
         Trainer(model, objective_of(model), data.to(device), config, None, progress=False).fit()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return (times[1] - times[0]) / steps
 

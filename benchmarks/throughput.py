@@ -21,12 +21,8 @@ import torch
 from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.nets import TimeMLP, UNet, unet_preset
 from diffbook.objectives import DenoisingLoss
+from diffbook.perf import synchronize
 from diffbook.samplers import edm_sample, karras_sigmas
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_rate(work: Callable[[], None], count: int, repeats: int, device: torch.device) -> float:
@@ -34,10 +30,10 @@ def median_rate(work: Callable[[], None], count: int, repeats: int, device: torc
     work()
     rates = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         work()
-        _sync(device)
+        synchronize(device)
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates)
 

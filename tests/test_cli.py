@@ -79,8 +79,10 @@ def test_image_k_is_the_same_whatever_the_batch_size(tmp_path, capsys, name):
             capsys, "sample", "--ckpt", ckpt, "--seeds", "0-4", "--batch", batch, "--out", tmp_path / f"b{batch}"
         )
         assert status == 0, err
-    for seed in range(5):
-        assert np.array_equal(_pixels(tmp_path / "b1", seed), _pixels(tmp_path / "b3", seed))
+    # The same noise and steps; only the kernels' summation order may change with the batch size (~1e-6), which
+    # can move a pixel that lies at a rounding boundary by one level, and no more.
+    b1, b3 = (np.stack([_pixels(tmp_path / f"b{batch}", seed) for seed in range(5)]).astype(int) for batch in (1, 3))
+    assert np.abs(b1 - b3).max() <= 1 and (b1 != b3).mean() < 0.01
     assert not np.array_equal(_pixels(tmp_path / "b1", 0), _pixels(tmp_path / "b1", 1))
     arrays = np.load(tmp_path / "b3" / "samples.npz")
     assert arrays["images"].shape == (5, 16, 16, 1) and arrays["seeds"].tolist() == [0, 1, 2, 3, 4]

@@ -146,3 +146,28 @@ def test_denoiser_combines_scalings_with_the_raw_output():
     x = torch.tensor([[1.0, 2.0]])
     c_skip, c_out, _, _ = EDM().scalings(torch.tensor([2.0]))
     torch.testing.assert_close(model(x, 2.0), c_skip * x + c_out * F)
+
+
+class _LinearNet(torch.nn.Module):
+    """``F(x; c) = 0.3 x + 0.1 c``: depends on the input and the noise label, so both scalings show."""
+
+    def forward(self, x, noise_labels, class_labels=None):
+        return 0.3 * x + 0.1 * noise_labels.reshape(-1, *[1] * (x.ndim - 1))
+
+
+@pytest.mark.parametrize(
+    "process",
+    [EDM(), DDPM(prediction="eps"), DDPM(prediction="x0"), DDPM(prediction="v", zero_terminal_snr=True)],
+    ids=["edm", "ddpm-eps", "ddpm-x0", "ddpm-v-ztsnr"],
+)
+def test_a_float_noise_level_gives_what_the_same_level_as_a_batch_gives(process):
+    # Samplers pass floats, whose scalings are computed once on the host; losses pass (B,) tensors.
+    model = Denoiser(_LinearNet(), process)
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.05, 1.7, 30.0):
+        batch = torch.full((3,), sigma)
+        torch.testing.assert_close(model(x, sigma), model(x, batch))
+        torch.testing.assert_close(model.forward_vp(x, sigma), model.forward_vp(x, batch))
+    if isinstance(process, DDPM) and process.zero_terminal_snr:
+        inf = torch.full((3,), math.inf)
+        torch.testing.assert_close(model.forward_vp(x, math.inf), model.forward_vp(x, inf))

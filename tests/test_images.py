@@ -1,7 +1,6 @@
 """Tiny datasets written in the real on-disk formats, loaded through ``load_image_dataset``."""
 
 import hashlib
-import pickle
 import struct
 
 import numpy as np
@@ -19,6 +18,7 @@ from diffbook.data.images import (
     load_image_dataset,
     stack_dataset,
 )
+from diffbook.perf.synthetic import CIFAR10_FILES, cifar10_checksums, write_cifar10_batches
 
 
 def as_signed_unit(pixels: np.ndarray) -> torch.Tensor:
@@ -32,30 +32,17 @@ def items(dataset) -> tuple[torch.Tensor, list[int]]:
 
 
 def write_cifar10(root, monkeypatch, rng) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """Pickled batches as in cifar-10-python.tar.gz: {"data": (N, 3072) uint8 rows of R, G, B planes, "labels"}.
+    """Pickled batches as in cifar-10-python.tar.gz, two random images each.
 
     torchvision checks every file's md5 against the real archive's. The fakes' own sums are registered instead,
     so that check still runs, on these files.
     """
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-    written, checksums = {}, {}
-
-    def dump(name: str, payload: dict) -> None:
-        (folder / name).write_bytes(pickle.dumps(payload, protocol=2))
-        checksums[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
-
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        pixels = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, 2).tolist()
-        dump(name, {"data": pixels.transpose(0, 3, 1, 2).reshape(2, 3072), "labels": labels})
-        written[name] = pixels, labels
-    dump("batches.meta", {"label_names": list(class_names("cifar10"))})
-
-    cifar = datasets.CIFAR10
-    monkeypatch.setattr(cifar, "train_list", [[name, checksums[name]] for name, _ in cifar.train_list])
-    monkeypatch.setattr(cifar, "test_list", [[name, checksums[name]] for name, _ in cifar.test_list])
-    monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": checksums["batches.meta"]})
+    written = {
+        name: (rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 2).tolist())
+        for name in CIFAR10_FILES
+    }
+    for attribute, value in cifar10_checksums(write_cifar10_batches(root, written)).items():
+        monkeypatch.setattr(datasets.CIFAR10, attribute, value)
     return written
 
 

@@ -273,3 +273,33 @@ def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path
         convert_released_dit({**released, "blocks.0.norm1.weight": torch.ones(D)}, config)
     with pytest.raises(ValueError, match="pos_embed does not match"):
         convert_released_dit(released, dit_preset("S/2", num_classes=10, resolution=16, depth=2, dim=32, num_heads=4))
+
+
+def test_self_attention_is_softmax_attention_over_positions_in_every_head():
+    torch.manual_seed(0)
+    B, C, H, W, heads = 2, 8, 3, 4, 2
+    attn = SelfAttention(C, num_heads=heads)
+    torch.nn.init.normal_(attn.proj.weight)  # not the zero of init_zero, so that the branch shows
+    x = torch.randn(B, C, H, W)
+    qkv = attn.qkv(attn.norm(x)).flatten(2)  # (B, 3C, HW): channels q | k | v, each heads x C/heads
+    q, k, v = (t.reshape(B, heads, C // heads, H * W) for t in qkv.chunk(3, dim=1))
+    weights = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(C // heads), dim=-1)
+    out = torch.einsum("bhij,bhdj->bhdi", weights, v).reshape(B, C, H, W)
+    expected = x + attn.proj(out)
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["digits32", "ddpm_cifar10"])
+def test_unet_runs_channels_last_and_computes_what_the_default_layout_computes(name, monkeypatch):
+    torch.manual_seed(0)
+    config = unet_preset(name, init_zero=False)
+    net = UNet(config).eval()
+    x, t = image_batch(config), torch.rand(2)
+    with torch.no_grad():
+        out = net(x, t)
+        assert out.is_contiguous() and net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        monkeypatch.setattr("diffbook.nets.unet.channels_last", lambda x: x)
+        plain = net.to(memory_format=torch.contiguous_format)
+        assert plain.conv_in.weight.is_contiguous()
+        torch.testing.assert_close(out, plain(x, t), atol=1e-4, rtol=1e-4)

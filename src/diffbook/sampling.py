@@ -1,11 +1,12 @@
 """Seeded sampling to files, reproducible image by image: what ``python -m diffbook sample`` runs.
 
-Image ``k`` is generated from ``torch.Generator().manual_seed(k)`` alone: its initial noise is that
-generator's first draw, so image ``k`` is the same whatever the batch it is in, the batch size or the number of
-processes. Deterministic samplers (Heun, Euler, DDIM with ``eta = 0``) run whole batches of stacked per-seed
-noise. Stochastic ones (DDPM, DDIM with ``eta > 0``, churn) draw noise at every step from one generator per
-call, so they run one image at a time, each with its own generator continued after its initial noise: exact,
-and as slow as batch size 1.
+Image ``k`` is generated from ``torch.Generator().manual_seed(k)`` alone: its initial noise is that generator's
+first draw, so image ``k`` is the same whatever the batch it is in, the batch size or the number of processes, up
+to floating-point rounding: matrix and convolution kernels may sum in another order for another batch size
+(differences of order 1e-6, which can move a pixel by one level of 255). Deterministic samplers (Heun, Euler, DDIM
+with ``eta = 0``) run whole batches of stacked per-seed noise. Stochastic ones (DDPM, DDIM with ``eta > 0``, churn)
+draw noise at every step from one generator per call, so they run one image at a time, each with its own generator
+continued after its initial noise: exact, and as slow as batch size 1.
 
 Under ``torchrun`` (``RANK``, ``WORLD_SIZE``) rank ``r`` takes ``seeds[r::world]`` and writes its images as
 ``{seed:06d}.png`` into the shared directory, and its arrays to ``samples.npz`` (one process) or

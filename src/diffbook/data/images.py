@@ -28,10 +28,12 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """PIL image or (C, H, W) tensor in [0, 1] -> (channels, resolution, resolution) float32 in [-1, 1].
+    """PIL image, or (C, H, W) tensor (uint8, or float in [0, 1]) -> (channels, resolution, resolution) float32 in
+    [-1, 1].
 
     The shorter side is resized to ``resolution`` (bilinear, antialiased: a convex combination of pixels, so
-    the range is kept) and the centre square cropped; ``flip`` mirrors left-right with probability 1/2.
+    the range is kept) and the centre square cropped, unless the image has that size already; ``flip`` mirrors
+    left-right with probability 1/2.
     """
 
     channels: int
@@ -41,12 +43,13 @@ class ImageTransform:
     def __call__(self, image: Any) -> Tensor:
         x = F.to_dtype(F.to_image(image), torch.float32, scale=True)
         x = _match_channels(x, self.channels)
-        x = F.resize(x, [self.resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        x = F.center_crop(x, [self.resolution])
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.resize(x, [self.resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
+            # Resampling weights sum to 1 only up to rounding; the clamp makes the [-1, 1] promise exact.
+            x = F.center_crop(x, [self.resolution]).clamp(0, 1)
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
-        # Resampling weights sum to 1 only up to rounding; the clamp makes the [-1, 1] promise exact.
-        return (2 * x - 1).clamp(-1, 1).as_subclass(Tensor)
+        return (2 * x - 1).as_subclass(Tensor)
 
 
 def _match_channels(x: Tensor, channels: int) -> Tensor:
@@ -60,7 +63,7 @@ def _match_channels(x: Tensor, channels: int) -> Tensor:
 
 
 class _TensorImages(Dataset):
-    """images: (N, C, H, W) in [0, 1]; labels: (N,)."""
+    """images: (N, C, H, W), uint8 or float in [0, 1]; labels: (N,)."""
 
     def __init__(self, images: Tensor, labels: Tensor, transform: ImageTransform) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -111,7 +114,10 @@ def _load_fashion_mnist(root: Path, split: str, transform: ImageTransform, downl
 
 
 def _load_cifar10(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    return datasets.CIFAR10(root, train=split == "train", transform=transform, download=download)
+    # torchvision holds the split in memory as (N, 32, 32, 3) uint8 and makes a PIL image of each item; the
+    # transform reads the uint8 array directly, in less time per image (benchmarks/RESULTS.md).
+    cifar = datasets.CIFAR10(root, train=split == "train", download=download)
+    return _TensorImages(torch.from_numpy(cifar.data).permute(0, 3, 1, 2), torch.tensor(cifar.targets), transform)
 
 
 def _load_flowers102(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:

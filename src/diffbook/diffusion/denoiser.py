@@ -8,6 +8,8 @@ does not: at zero terminal SNR the last step has ``sigma = inf`` and ``x_vp`` is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -48,6 +50,35 @@ def vp_scalings(process: Process, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor
     return c_skip * scale, c_out, c_in * scale, c_noise
 
 
+Scalings = tuple[Tensor | float, Tensor | float, Tensor | float, Tensor]
+_MAX_KEPT_LEVELS = 10_000  # a bound for callers that draw a new float level every call
+
+
+def level_scalings(scalings: Callable[[Tensor], tuple[Tensor, ...]], sigma: float) -> tuple[float, ...]:
+    """``(c_skip, c_out, c_in, c_noise)`` of one noise level as floats, computed in float64 on the host."""
+    return tuple(float(c) for c in scalings(torch.tensor([sigma], dtype=torch.float64)))
+
+
+def batch_scalings(scalings: Callable[[Tensor], tuple[Tensor, ...]], sigma: Tensor, x: Tensor) -> Scalings:
+    """``(c_skip, c_out, c_in, c_noise)`` of ``scalings(sigma)`` for ``x: (B, ...)`` and noise levels ``sigma: (B,)``
+    (or one level as a 0-d tensor): the first three ``(B, 1, ..., 1)``, ``c_noise: (B,)``, in ``x``'s dtype."""
+    c_skip, c_out, c_in, c_noise = scalings(as_batch(sigma, x))
+    return (*(append_dims(c.to(x.dtype), x.ndim) for c in (c_skip, c_out, c_in)), c_noise.to(x.dtype))
+
+
+def times(c: Tensor | float, x: Tensor) -> Tensor:
+    """``c * x``, or ``x`` itself when ``c`` is the float 1."""
+    return x if isinstance(c, float) and c == 1.0 else c * x
+
+
+def combine(c_skip: Tensor | float, x: Tensor, c_out: Tensor | float, out: Tensor) -> Tensor:
+    """The denoiser's output ``c_skip x + c_out F``: one kernel (``torch.add`` with ``alpha``) or two when the
+    coefficients are floats, none for a zero ``c_skip``'s term."""
+    if isinstance(c_skip, float) and isinstance(c_out, float):
+        return out * c_out if c_skip == 0.0 else torch.add(times(c_skip, x), out, alpha=c_out)
+    return c_skip * x + c_out * out
+
+
 class Denoiser(nn.Module):
     """``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` around a raw network ``F``.
 
@@ -61,18 +92,36 @@ class Denoiser(nn.Module):
         super().__init__()
         self.net = net
         self.process = process
+        # A sampler asks for the same few float noise levels batch after batch; their scalings are kept, by
+        # process, coordinates and level (processes are not changed once built, so an entry never goes stale).
+        self._level_scalings: dict[tuple[int, str, float], tuple[float, ...]] = {}
 
-    def raw(
-        self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def _scalings(self, coordinates: str, sigma: Tensor | float, x: Tensor) -> Scalings:
+        """The scalings of ``sigma`` in variance-exploding (``"ve"``) or -preserving (``"vp"``) coordinates.
+
+        A float ``sigma``, a sampler's noise level, gives float coefficients (see :func:`level_scalings`): a sampler
+        step then launches no small per-coefficient kernels, and :func:`times` and :func:`combine` skip the
+        multiplications by 0 and 1. A tensor ``sigma: (B,)`` gives tensors (:func:`batch_scalings`).
+        """
+        scalings = self.process.scalings if coordinates == "ve" else partial(vp_scalings, self.process)
+        if not isinstance(sigma, int | float):
+            return batch_scalings(scalings, sigma, x)
+        key = (id(self.process), coordinates, float(sigma))
+        if key not in self._level_scalings:
+            if len(self._level_scalings) >= _MAX_KEPT_LEVELS:
+                self._level_scalings.clear()
+            self._level_scalings[key] = level_scalings(scalings, float(sigma))
+        *coefficients, c_noise = self._level_scalings[key]
+        return *coefficients, torch.full((x.shape[0],), c_noise, dtype=x.dtype, device=x.device)
+
+    def raw(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> tuple[Tensor, Scalings]:
         """The network output ``F`` and the broadcastable scalings ``(c_skip, c_out, c_in, c_noise)``.
 
-        ``x: (B, ...)`` in variance-exploding coordinates, ``sigma``: a float or ``(B,)``.
+        ``x: (B, ...)`` in variance-exploding coordinates, ``sigma``: a float (float scalings) or ``(B,)`` (tensors
+        ``(B, 1, ..., 1)``); see :meth:`_scalings`.
         """
-        sigma = as_batch(sigma, x)
-        c_skip, c_out, c_in, c_noise = self.process.scalings(sigma)
-        c_skip, c_out, c_in = (append_dims(c.to(x.dtype), x.ndim) for c in (c_skip, c_out, c_in))
-        out, _ = self._net(c_in * x, c_noise.to(x.dtype), class_labels)
+        c_skip, c_out, c_in, c_noise = self._scalings("ve", sigma, x)
+        out, _ = self._net(times(c_in, x), c_noise, class_labels)
         return out, (c_skip, c_out, c_in, c_noise)
 
     def _net(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -86,11 +135,11 @@ class Denoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         """The denoised estimate ``E[x_0 | x]``: same shape as ``x``."""
         out, (c_skip, c_out, _, _) = self.raw(x, sigma, class_labels)
-        return c_skip * x + c_out * out
+        return combine(c_skip, x, c_out, out)
 
     def raw_vp(
         self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Scalings]:
         """As :meth:`raw` on the variance-preserving state ``x_vp = x / sqrt(1 + sigma^2)``: ``(B, ...)``.
 
         Returns ``F`` and the broadcastable :func:`vp_scalings`; finite at ``sigma = inf`` for a DDPM process.
@@ -100,19 +149,17 @@ class Denoiser(nn.Module):
 
     def raw_vp_variance(
         self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
+    ) -> tuple[Tensor, Tensor | None, Scalings]:
         """As :meth:`raw_vp`, with the variance channels ``v: (B, ...)`` between: None unless ``learn_sigma``."""
-        sigma = as_batch(sigma, x_vp)
-        c_skip, c_out, c_in, c_noise = vp_scalings(self.process, sigma)
-        c_skip, c_out, c_in = (append_dims(c.to(x_vp.dtype), x_vp.ndim) for c in (c_skip, c_out, c_in))
-        out, v = self._net(c_in * x_vp, c_noise.to(x_vp.dtype), class_labels)
+        c_skip, c_out, c_in, c_noise = self._scalings("vp", sigma, x_vp)
+        out, v = self._net(times(c_in, x_vp), c_noise, class_labels)
         return out, v, (c_skip, c_out, c_in, c_noise)
 
     def forward_vp(self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         """``E[x_0 | x]`` from the variance-preserving state ``x_vp: (B, ...)``; equals ``forward`` at
         ``x = sqrt(1 + sigma^2) x_vp`` for finite ``sigma``, and is defined at ``sigma = inf`` too."""
         out, (c_skip, c_out, _, _) = self.raw_vp(x_vp, sigma, class_labels)
-        return c_skip * x_vp + c_out * out
+        return combine(c_skip, x_vp, c_out, out)
 
     def forward_vp_variance(
         self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None
@@ -121,4 +168,4 @@ class Denoiser(nn.Module):
         out, v, (c_skip, c_out, _, _) = self.raw_vp_variance(x_vp, sigma, class_labels)
         if v is None:
             raise ValueError(f"{type(self.net).__name__} does not learn its variance: build it with learn_sigma=True")
-        return c_skip * x_vp + c_out * out, v
+        return combine(c_skip, x_vp, c_out, out), v

@@ -36,15 +36,15 @@ from diffbook.nets.transformer import (
     Mlp,
     PatchEmbed,
     TimeLabelEmbedding,
+    gated,
     init_dit_weights,
     layer_norm,
     modulate,
     multihead_attention,
-    per_sample,
     sincos_pos_embed_2d,
     unpatchify,
 )
-from diffbook.nets.unet import ConvResample, conv3x3, group_norm
+from diffbook.nets.unet import ConvResample, channels_last, conv3x3, group_norm
 
 TIME_MODES: dict[str, str] = {
     "tmsa": "time in q, k and v of every attention (the paper's TMSA; Table 6 H)",
@@ -244,8 +244,8 @@ class DiffiTBlock(nn.Module):
         """x: (B, H, W, C), x_t: (B, time_dim) -> (B, H, W, C)."""
         if self.time_mode == "adaln":
             shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(x_t).chunk(6, dim=-1)
-            x = x + per_sample(gate1, x) * self.attn(modulate(self.norm1(x), shift1, scale1), x_t)
-            return x + per_sample(gate2, x) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+            x = gated(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1), x_t))
+            return gated(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
         x = x + self.attn(self.norm1(x), x_t)
         h = self.norm2(x)
         if self.time_mode == "mlp":
@@ -459,6 +459,9 @@ class DiffiTUNet(nn.Module):
             ch = out
         self.head = nn.Sequential(group_norm(ch), nn.SiLU(), conv3x3(ch, config.out_channels))
         self._init_weights()
+        # Channels-last, as the package's U-Net (see unet.channels_last): here the transformer blocks' (B, H, W, C)
+        # tokens are then views of the convolutions' activations, not copies.
+        self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         # Xavier-uniform weights and zero biases for every conv and linear layer, as the package's U-Net (the
@@ -479,7 +482,7 @@ class DiffiTUNet(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
             raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
         x_t = self.embed(noise_labels, class_labels)  # the time token, shared by every block
-        x = self.tokenizer(x)
+        x = self.tokenizer(channels_last(x))
         skips = []
         for stage, down in zip(self.encoder, self.downs, strict=True):
             x = stage(x, x_t)
@@ -488,7 +491,7 @@ class DiffiTUNet(nn.Module):
         x = self.bottleneck(x, x_t)
         for up, stage in zip(self.ups, self.decoder, strict=True):
             x = stage(torch.cat([up(x, x_t), skips.pop()], dim=1), x_t)
-        return self.head(x)
+        return self.head(x).contiguous()
 
 
 # The latent transformer

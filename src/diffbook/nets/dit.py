@@ -23,11 +23,11 @@ from diffbook.nets.transformer import (
     Mlp,
     PatchEmbed,
     TimeLabelEmbedding,
+    gated,
     init_dit_weights,
     layer_norm,
     modulate,
     multihead_attention,
-    per_sample,
     sincos_pos_embed_2d,
     unpatchify,
 )
@@ -111,8 +111,8 @@ class DiTBlock(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """x: (B, N, dim), c: (B, dim) -> (B, N, dim)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + per_sample(gate1, x) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + per_sample(gate2, x) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = gated(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        return gated(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class DiTFinalLayer(nn.Module):

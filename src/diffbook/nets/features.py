@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from diffbook.nets.diffusers_unet import DiffusersUNet
 from diffbook.nets.mlp import TimeMLP, distinct_embeddings
-from diffbook.nets.unet import UNet
+from diffbook.nets.unet import UNet, channels_last
 
 
 class UNetEncoder(nn.Module):
@@ -40,7 +40,7 @@ class UNetEncoder(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
             raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
         emb = self.embed(noise_labels, class_labels)
-        x = self.conv_in(x)
+        x = self.conv_in(channels_last(x))
         for block in self.enc.values():
             x = block(x, emb)
         for block in self.mid:

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from diffbook.diffusion.ddpm import DDPM
-from diffbook.diffusion.parametrization import from_x0
 from diffbook.samplers.common import (
     DenoiserFn,
     SamplerOutput,
@@ -148,10 +147,11 @@ def ddim_sample(
         record.vp(x, float(process.sigmas[t]))
         if clip_denoised is not None:
             x0 = x0.clamp(-clip_denoised, clip_denoised)
-        eps = from_x0(x0, "eps", x, alpha_bar**0.5, (1 - alpha_bar) ** 0.5)
         alpha_bar_prev = float(process.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         s = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
-        x = alpha_bar_prev**0.5 * x0 + max(1 - alpha_bar_prev - s**2, 0.0) ** 0.5 * eps
+        # With eps_hat = (x - sqrt(ab) x0_hat) / sqrt(1 - ab), the update is k x + (sqrt(ab_prev) - k sqrt(ab)) x0_hat.
+        k = max(1 - alpha_bar_prev - s**2, 0.0) ** 0.5 / (1 - alpha_bar) ** 0.5
+        x = torch.add(x0 * (alpha_bar_prev**0.5 - k * alpha_bar**0.5), x, alpha=k)
         if s > 0:
             x = x + s * randn_like(x, generator)
     record(x, 0.0)

@@ -60,12 +60,14 @@ def edm_sample(
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + (sigma_hat**2 - sigma**2) ** 0.5 * S_noise * randn_like(x, generator)
-        slope = (x - denoise(denoiser, x, sigma_hat, class_labels)) / sigma_hat
-        x_next = x + (sigma_next - sigma_hat) * slope
+        denoised = denoise(denoiser, x, sigma_hat, class_labels)
+        # Euler, x + (sigma_next - sigma_hat) (x - D) / sigma_hat, as one interpolation towards D.
+        x_next = torch.lerp(x, denoised, 1 - sigma_next / sigma_hat)
         nfe += 1
         if solver == "heun" and sigma_next > 0:
-            slope_next = (x_next - denoise(denoiser, x_next, sigma_next, class_labels)) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * (slope + slope_next) / 2
+            denoised_next = denoise(denoiser, x_next, sigma_next, class_labels)
+            slopes = (x - denoised) / sigma_hat + (x_next - denoised_next) / sigma_next
+            x_next = torch.add(x, slopes, alpha=(sigma_next - sigma_hat) / 2)  # the mean of the two slopes
             nfe += 1
         x = x_next
     record(x, 0.0)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from diffbook.perf.measure import synchronize
 from diffbook.train.trainer import Objective
 
 
@@ -48,16 +49,11 @@ def print_step_costs(description: str, steps: int, milliseconds: dict[str, float
 
 
 def _one_step(model: nn.Module, objective: Objective, batch, optimizer: torch.optim.Optimizer, device) -> float:
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     loss = objective(model, batch)["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    _synchronize(device)  # CUDA runs asynchronously: wait for the step to finish before reading the clock
+    synchronize(device)  # CUDA runs asynchronously: wait for the step to finish before reading the clock
     return time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
