@@ -23,6 +23,7 @@ from diffbook.perf.peers import (
 )
 from diffbook.perf.suite import (
     SCALES,
+    SECTIONS,
     Row,
     Settings,
     compare_training,
@@ -230,6 +231,14 @@ def test_the_smoke_suite_runs_the_samplers_loader_and_evaluation_paths():
     assert fid.goal_met, fid.setting  # our FID and clean-fid's, on the same features, agree
     with pytest.raises(ValueError, match="unknown sections"):
         run(["speed"], Settings(), SCALES["smoke"])
+
+
+def test_a_row_that_misses_its_target_is_profiled_as_it_is_measured(monkeypatch):
+    missed = Row("g", "slow", "s", "ms", 2.0, 1.0, target=1.0, profile=lambda: torch.ones(64).cumsum(0))
+    met = Row("g", "fast", "s", "ms", 1.0, 2.0, target=1.0, profile=lambda: torch.ones(64).cumsum(0))
+    monkeypatch.setitem(SECTIONS, "rows", lambda settings, scale: iter([missed, met]))
+    rows = run(["rows"], Settings(), SCALES["smoke"], on_row=lambda row: None)
+    assert "aten::cumsum" in rows[0].operators and rows[1].operators == ""
 
 
 def _script():

@@ -1,6 +1,6 @@
 """The benchmarks of ``make bench``: the package against its peers, on the same work, in one run.
 
-Each function returns :class:`Row` objects, one number of ours against one of a peer's, measured in turns on
+Each function yields :class:`Row` objects, one number of ours against one of a peer's, measured in turns on
 the same device, batch and precision (see :mod:`diffbook.perf.measure`). A row with a target says whether it met
 it; a row that did not carries the work to profile.
 
@@ -36,6 +36,7 @@ from diffbook.perf.measure import (
     peak_bf16_flops,
     peak_memory_in_turns,
     time_in_turns,
+    top_operators,
 )
 from diffbook.perf.peers import (
     cleanfid_folder_fid,
@@ -118,7 +119,7 @@ class Row:
 
     ``target`` bounds ``ours / peer`` (``<= target``, or ``>= target`` when higher is better); ``goal`` is a
     target in words that is not a ratio (a fraction of a network call, say) and ``goal_met`` whether it held.
-    ``profile`` is our side's work, profiled in the results when a target is missed.
+    ``profile`` is our side's work; :func:`run` profiles it when a target is missed, into ``operators``.
     """
 
     group: str
@@ -133,6 +134,7 @@ class Row:
     goal: str = ""
     goal_met: bool | None = None
     profile: Callable[[], object] | None = field(default=None, repr=False)
+    operators: str = field(default="", repr=False)
 
     @property
     def ratio(self) -> float:
@@ -422,16 +424,18 @@ def _first_batches(batches: Iterator, count: int) -> Callable[[], None]:
     return load
 
 
-def loader_rows(settings: Settings, scale: Scale, root: Path) -> list[Row]:
+def loader_rows(settings: Settings, scale: Scale) -> Iterator[Row]:
     """CIFAR-10 training batches (random flips) from files in CIFAR-10's format: the package's loader, as the
     Trainer draws it, against torchvision's dataset with the usual transforms in a plain ``DataLoader``; both in
     the main process, as a CPU run or ``num_workers=0`` has them."""
-    checksums = random_cifar10(root, scale.loader_images_per_file)
     from torchvision.datasets import CIFAR10
 
-    with patched(CIFAR10, cifar10_checksums(checksums)):
-        ours = ImagesOnly(load_image_dataset("cifar10", root=root, flip=True))
-        peer = torchvision_cifar10(root)
+    # Both datasets read the files into memory when they are built; the files can go at once.
+    with tempfile.TemporaryDirectory(prefix="diffbook-bench-") as root:
+        checksums = random_cifar10(root, scale.loader_images_per_file)
+        with patched(CIFAR10, cifar10_checksums(checksums)):
+            ours = ImagesOnly(load_image_dataset("cifar10", root=root, flip=True))
+            peer = torchvision_cifar10(root)
     batch = scale.loader_batch
     ours_batches = iter(EpochBatches(ours, batch, seed=0))
     peer_batches = (x for _ in iter(int, 1) for x, _ in DataLoader(peer, batch, shuffle=True, drop_last=True))
@@ -441,29 +445,33 @@ def loader_rows(settings: Settings, scale: Scale, root: Path) -> list[Row]:
     }
     timing = time_in_turns(loads, torch.device("cpu"), settings.warmup, settings.rounds)
     images = scale.loader_batches * batch
-    return [
-        Row(
-            "data",
-            "CIFAR-10 loader vs torchvision CIFAR10 + DataLoader",
-            f"batch {batch}, random flips, {len(ours)} images in CIFAR-10's pickled batches, main process",
-            "images/s",
-            images / timing["ours"].median,
-            images / timing["peer"].median,
-            ratio_spread(timing["ours"], timing["peer"]),
-            higher_is_better=True,
-            target=1.0,
-            profile=loads["ours"],
-        )
-    ]
+    yield Row(
+        "data",
+        "CIFAR-10 loader vs torchvision CIFAR10 + DataLoader",
+        f"batch {batch}, random flips, {len(ours)} images in CIFAR-10's pickled batches, main process",
+        "images/s",
+        images / timing["ours"].median,
+        images / timing["peer"].median,
+        ratio_spread(timing["ours"], timing["peer"]),
+        higher_is_better=True,
+        target=1.0,
+        profile=loads["ours"],
+    )
 
 
 # Evaluation
 
 
-def evaluation_rows(settings: Settings, scale: Scale, root: Path) -> list[Row]:
+def evaluation_rows(settings: Settings, scale: Scale) -> Iterator[Row]:
     """FID of ``scale.eval_images`` digits PNGs against scikit-learn's 1,797 as PNGs, on the digits feature
     network: the path of ``python -m diffbook evaluate --features digits --metrics fid``, against clean-fid's
     ``compare_folders`` with the same network. Time, peak memory, and the two FIDs, which must agree."""
+    with tempfile.TemporaryDirectory(prefix="diffbook-bench-") as root:
+        # The rows are handed on while the folders exist: a row's profile reads them again.
+        yield from _evaluation_rows(settings, scale, Path(root))
+
+
+def _evaluation_rows(settings: Settings, scale: Scale, root: Path) -> Iterator[Row]:
     from diffbook.metrics.features import extract_features, fid_from_features, load_digits_feature_net
     from diffbook.sampling import load_samples
 
@@ -482,22 +490,20 @@ def evaluation_rows(settings: Settings, scale: Scale, root: Path) -> list[Row]:
     timing = time_in_turns({"ours": ours, "peer": peer}, settings.device, warmup=0, rounds=max(settings.rounds // 2, 1))
     memory = peak_memory_in_turns({"ours": ours, "peer": peer}, settings.device)
     setting = f"{scale.eval_images} PNGs vs 1797, digits feature network; FID {fids['ours']:.4f} vs {fids['peer']:.4f}"
-    return [
-        Row(
-            "evaluation",
-            "digits FID from PNG folders vs clean-fid compare_folders",
-            setting,
-            "s",
-            timing["ours"].median,
-            timing["peer"].median,
-            ratio_spread(timing["ours"], timing["peer"]),
-            target=1.0,
-            goal="the same FID (to 1e-3)",
-            goal_met=abs(fids["ours"] - fids["peer"]) < 1e-3,
-            profile=ours,
-        ),
-        Row("evaluation", "digits FID: peak memory", setting, "MiB", memory["ours"], memory["peer"]),
-    ]
+    yield Row(
+        "evaluation",
+        "digits FID from PNG folders vs clean-fid compare_folders",
+        setting,
+        "s",
+        timing["ours"].median,
+        timing["peer"].median,
+        ratio_spread(timing["ours"], timing["peer"]),
+        target=1.0,
+        goal="the same FID (to 1e-3)",
+        goal_met=abs(fids["ours"] - fids["peer"]) < 1e-3,
+        profile=ours,
+    )
+    yield Row("evaluation", "digits FID: peak memory", setting, "MiB", memory["ours"], memory["peer"])
 
 
 SECTIONS = {
@@ -509,16 +515,16 @@ SECTIONS = {
 
 
 def run(sections: list[str], settings: Settings, scale: Scale, on_row: Callable[[Row], None] = print) -> list[Row]:
-    """Every row of the chosen :data:`SECTIONS`, in order, each handed to ``on_row`` as soon as it is measured."""
+    """Every row of the chosen :data:`SECTIONS`, in order, each handed to ``on_row`` as soon as it is measured;
+    a row that missed a target first gets the profiler's top operators of our side (:attr:`Row.operators`)."""
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown sections {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="diffbook-bench-") as scratch:
-        for section in sections:
-            builder = SECTIONS[section]
-            needs_disk = section in ("data", "evaluation")
-            for row in builder(settings, scale, Path(scratch) / section) if needs_disk else builder(settings, scale):
-                on_row(row)
-                rows.append(row)
+    for section in sections:
+        for row in SECTIONS[section](settings, scale):
+            if row.met is False and row.profile is not None:
+                row.operators = top_operators(row.profile, settings.device)
+            on_row(row)
+            rows.append(row)
     return rows
