@@ -168,14 +168,14 @@ def diffusers_scheduler(kind: str, process: DDPM | EDM):
 def run_scheduler(scheduler, net: nn.Module, noise: Tensor, steps: int, class_labels: Tensor | None = None) -> Tensor:
     """The sampling loop of diffusers' pipelines: ``noise: (B, ...)`` standard normal -> samples ``(B, ...)``.
 
-    ``net(x, timesteps, class_labels)`` is the raw network (the scheduler applies any preconditioning); it is
-    called once per entry of ``scheduler.timesteps``.
+    ``net(x, t, class_labels)`` is the raw network (the scheduler applies any preconditioning); it is called once
+    per entry ``t`` of ``scheduler.timesteps``, a 0-d tensor, as the pipelines pass it (their networks broadcast it).
     """
     scheduler.set_timesteps(steps, device=noise.device)
     x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)
-        prediction = net(model_input, t.expand(len(x)).to(noise.dtype), class_labels)
+        prediction = net(model_input, t, class_labels)
         x = scheduler.step(prediction, t, x, return_dict=False)[0]
     return x
 
