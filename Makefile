@@ -57,7 +57,7 @@ exercises: install
 	$(BIN)/python -m diffbook exercises --out exercises
 
 bench: install
-	$(BIN)/python benchmarks/peers.py --results benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.peers --results benchmarks/RESULTS.md
 
 # The kernelspec goes into the environment, and JUPYTER_PATH puts it before any python3 kernel of the user's,
 # so that the notebooks (whose kernel is python3) run where the package is installed.

@@ -1,7 +1,7 @@
 """Training throughput and peak memory of a full-scale CIFAR-10 config, on any device.
 
-    python benchmarks/cifar10_training.py --config cifar10/edm --device cpu --batch 8
-    python benchmarks/cifar10_training.py --config cifar10/edm --device cuda --batch 512 --precision bf16
+    python -m benchmarks.cifar10_training --config cifar10/edm --device cpu --batch 8
+    python -m benchmarks.cifar10_training --config cifar10/edm --device cuda --batch 512 --precision bf16
 
 Builds the network, process and objective exactly as ``python -m diffbook train --config ...`` does (random
 data of the right shape, so no dataset is needed), runs ``--warmup`` untimed and ``--steps`` timed optimizer
@@ -18,8 +18,8 @@ import time
 
 import torch
 
+from benchmarks.perf import synchronize
 from diffbook.config import build_model, build_objective, load_config
-from diffbook.perf import synchronize
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

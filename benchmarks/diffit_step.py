@@ -1,7 +1,7 @@
 """Forward FLOPs, forward+backward time and peak memory per image: DiffiT (image and latent) against DiT-XL/2.
 
-    python benchmarks/diffit_step.py --device cpu --batch 1 --reps 2
-    python benchmarks/diffit_step.py --device cuda --batch 32 --precision bf16
+    python -m benchmarks.diffit_step --device cpu --batch 1 --reps 2
+    python -m benchmarks.diffit_step --device cuda --batch 32 --precision bf16
 
 Each network is built from its shipped config (``cifar10/diffit``, ``imagenet256/diffit``, ``imagenet256/dit``)
 exactly as ``python -m diffbook train`` builds it. FLOPs of one image's forward pass are counted by
@@ -22,8 +22,8 @@ import time
 
 import torch
 
+from benchmarks.perf import PeakMemory, count_flops, synchronize
 from diffbook.config import build_network, load_config, sample_shape
-from diffbook.perf import PeakMemory, count_flops, synchronize
 
 CONFIGS = ("cifar10/diffit", "imagenet256/diffit", "imagenet256/dit")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

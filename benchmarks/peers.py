@@ -1,11 +1,11 @@
 """The package against the tools people would otherwise use, side by side, on the same work: a table of ratios.
 
     make bench                                                    # this machine, CPU scale, into RESULTS.md
-    python benchmarks/peers.py --sections networks samplers       # a part of it, printed only
-    python benchmarks/peers.py --device cuda --scale full --precision bf16 --compile --channels-last \\
+    python -m benchmarks.peers --sections networks samplers       # a part of it, printed only
+    python -m benchmarks.peers --device cuda --scale full --precision bf16 --compile --channels-last \\
         --results benchmarks/RESULTS.md                           # a GPU at the configs' batch sizes
 
-Peers (see ``diffbook.perf.peers``): diffusers' ``UNet2DModel`` and ``DiTTransformer2DModel`` laid out as the
+Peers (see ``benchmarks.perf.peers``): diffusers' ``UNet2DModel`` and ``DiTTransformer2DModel`` laid out as the
 package's U-Nets and DiT, diffusers' DDIM, EDM-Euler and Heun schedulers, torchvision's CIFAR-10 with the usual
 transforms, and clean-fid's folder FID with the same feature network. Ours and the peer's run in turns, round
 after round, on the same device, batch and precision; the table gives medians, ``ours/peer`` and the targets:
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from diffbook.perf import describe_device
-from diffbook.perf.suite import SCALES, SECTIONS, Row, Settings, run
+from benchmarks.perf import describe_device
+from benchmarks.perf.suite import SCALES, SECTIONS, Row, Settings, run
 
 COLUMNS = "| comparison | setting | ours | peer | unit | ours/peer | target | met |"
 

@@ -1,8 +1,8 @@
 """Cost of an SADM training step (the encoder's step, then the denoiser's) against a denoising step, on any device.
 
-    python benchmarks/sadm_step.py --config toy/sadm
-    python benchmarks/sadm_step.py --config digits/sadm data.resolution=8 network.overrides.resolution=8
-    python benchmarks/sadm_step.py --config cifar10/sadm --device cuda --steps 50
+    python -m benchmarks.sadm_step --config toy/sadm
+    python -m benchmarks.sadm_step --config digits/sadm data.resolution=8 network.overrides.resolution=8
+    python -m benchmarks.sadm_step --config cifar10/sadm --device cuda --steps 50
 
 Both objectives train the same freshly built network with the Trainer, on random data of the config's shape
 and batch size, for ``--warmup`` untimed and then ``--steps`` timed steps each (the first Trainer's warm-up is
@@ -19,10 +19,11 @@ import time
 
 import torch
 
+from benchmarks.perf import synchronize
+from benchmarks.perf.timing import print_step_costs
 from diffbook.config import build_model, build_objective, build_train_config, load_config, sample_shape
 from diffbook.objectives import DenoisingLoss
-from diffbook.perf import synchronize
-from diffbook.train import Trainer, print_step_costs
+from diffbook.train import Trainer
 
 
 def seconds_per_step(cfg: dict, objective_of, steps: int, warmup: int, device: torch.device) -> float:

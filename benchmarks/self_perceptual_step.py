@@ -1,7 +1,7 @@
 """Cost of a self-perceptual training step against an MSE step on the same network, on any device.
 
-    python benchmarks/self_perceptual_step.py --config digits/self_perceptual --device cpu --batch 64
-    python benchmarks/self_perceptual_step.py --config cifar10/self_perceptual --device cuda --batch 128
+    python -m benchmarks.self_perceptual_step --config digits/self_perceptual --device cpu --batch 64
+    python -m benchmarks.self_perceptual_step --config cifar10/self_perceptual --device cuda --batch 128
 
 A self-perceptual step runs the online network forward and backward, plus the frozen copy's encoder (down blocks
 and middle block) twice forward, once without autograd, and once backward (spec §10). Both objectives train the
@@ -17,9 +17,9 @@ import platform
 
 import torch
 
+from benchmarks.perf.timing import print_step_costs, time_training_steps
 from diffbook.config import build_model, load_config, num_classes, sample_shape
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss
-from diffbook.train import print_step_costs, time_training_steps
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Training and sampling throughput of the chapter-1 models on whatever device runs this script.
 
-    python benchmarks/throughput.py [--device cuda] [--repeats 5]
+    python -m benchmarks.throughput [--device cuda] [--repeats 5]
 
 Prints one markdown table: training steps per second (forward, backward and Adam step on one batch) of the 2D
 MLP and the digits U-Nets, and sampling throughput (samples per second, and network evaluations per second)
@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.perf import synchronize
 from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.nets import TimeMLP, UNet, unet_preset
 from diffbook.objectives import DenoisingLoss
-from diffbook.perf import synchronize
 from diffbook.samplers import edm_sample, karras_sigmas
 
 

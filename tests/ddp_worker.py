@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from diffbook.objectives import SADMLoss, structure_encoder
-from diffbook.train import TrainConfig, Trainer, cleanup, init_distributed
+from diffbook.runtime import cleanup, init_distributed
+from diffbook.train import TrainConfig, Trainer
 
 CONFIG = TrainConfig(
     steps=12,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from diffbook.bcm_applications import inpaint, interpolate, jpeg_compress, restore, slerp
+from diffbook.samplers.bcm_applications import inpaint, interpolate, jpeg_compress, restore, slerp
 from diffbook.config import build_model, build_objective, build_sampler, load_config, load_init_weights
 from diffbook.data import GaussianMixture, gaussian
 from diffbook.diffusion import BCMProcess, BidirectionalConsistency

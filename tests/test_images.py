@@ -10,6 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision import datasets
 
+from benchmarks.perf.synthetic import CIFAR10_FILES, cifar10_checksums, write_cifar10_batches
 from diffbook.data.images import (
     IMAGE_DATASETS,
     DatasetNotFoundError,
@@ -18,7 +19,6 @@ from diffbook.data.images import (
     load_image_dataset,
     stack_dataset,
 )
-from diffbook.perf.synthetic import CIFAR10_FILES, cifar10_checksums, write_cifar10_batches
 
 
 def as_signed_unit(pixels: np.ndarray) -> torch.Tensor:

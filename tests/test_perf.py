@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffbook.diffusion import DDPM, EDM, Denoiser
-from diffbook.nets import UNet, unet_preset
-from diffbook.nets.diffit import LatentDiffiT
-from diffbook.nets.dit import DiT, dit_preset
-from diffbook.perf import Timing, count_flops, peak_memory_of, time_in_turns
-from diffbook.perf.peers import (
+from benchmarks.perf import Timing, count_flops, peak_memory_of, time_in_turns
+from benchmarks.perf.peers import (
     diffusers_dit,
     diffusers_scheduler,
     diffusers_unet,
@@ -21,7 +17,7 @@ from diffbook.perf.peers import (
     run_scheduler,
     unet_differences,
 )
-from diffbook.perf.suite import (
+from benchmarks.perf.suite import (
     SCALES,
     SECTIONS,
     Row,
@@ -33,6 +29,11 @@ from diffbook.perf.suite import (
     run,
     training_gflops,
 )
+from benchmarks.perf.timing import time_training_steps
+from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.nets import UNet, unet_preset
+from diffbook.nets.diffit import LatentDiffiT
+from diffbook.nets.dit import DiT, dit_preset
 from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
 
 CPU = torch.device("cpu")
@@ -259,3 +260,24 @@ def test_the_script_replaces_its_own_section_and_keeps_the_rest(tmp_path):
     assert "Hand-written notes." in text and "gpu" in text and "second" in text and "first" not in text
     row = Row("g", "n", "s", "ms/step", 9.0, 10.0, spread=0.1, target=1.0)
     assert script.format_row(row) == "| n | s | 9 | 10 | ms/step | 0.90 ± 0.09 | <= 1.00 | yes |"
+
+
+class _Sleeping:
+    """An objective whose every call takes at least ``seconds``: the timer must count it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, model, batch):
+        import time
+
+        time.sleep(self.seconds)
+        return {"loss": model(batch).square().mean()}
+
+
+def test_time_training_steps_counts_the_objectives_work_and_trains_the_model():
+    model = nn.Linear(3, 1)
+    before = model.weight.detach().clone()
+    seconds = time_training_steps(model, {"fast": _Sleeping(0.0), "slow": _Sleeping(0.02)}, torch.ones(4, 3), 3, 1)
+    assert set(seconds) == {"fast", "slow"} and 0 < seconds["fast"] < 0.02 <= seconds["slow"]
+    assert not torch.equal(model.weight, before)

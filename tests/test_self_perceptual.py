@@ -23,7 +23,7 @@ from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss, frozen_middle
 from diffbook.objectives.self_perceptual import renoise_pair, x0_eps_from_v
 from diffbook.samplers import ddim_sample, ddpm_sample, timesteps
 from diffbook.samplers.guidance import GuidedDenoiser, guide
-from diffbook.train import time_training_steps, train
+from diffbook.train import train
 
 INF = math.inf
 
@@ -266,27 +266,6 @@ def test_class_agreement_reads_the_softmax_of_the_labels():
     with_labels = class_agreement(logits, torch.tensor([0, 1]))
     assert with_labels["confidence"] == pytest.approx((0.7 + 0.3) / 2) and with_labels["accuracy"] == 0.5
     assert class_agreement(logits) == {"confidence": pytest.approx((0.7 + 0.6) / 2)}
-
-
-class _Sleeping:
-    """An objective whose every call takes at least ``seconds``: the timer must count it."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __call__(self, model, batch):
-        import time
-
-        time.sleep(self.seconds)
-        return {"loss": model(batch).square().mean()}
-
-
-def test_time_training_steps_counts_the_objectives_work_and_trains_the_model():
-    model = nn.Linear(3, 1)
-    before = model.weight.detach().clone()
-    seconds = time_training_steps(model, {"fast": _Sleeping(0.0), "slow": _Sleeping(0.02)}, torch.ones(4, 3), 3, 1)
-    assert set(seconds) == {"fast", "slow"} and 0 < seconds["fast"] < 0.02 <= seconds["slow"]
-    assert not torch.equal(model.weight, before)
 
 
 # Zero terminal SNR: the schedule, the denoiser and the losses at the last step

@@ -8,7 +8,7 @@ from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.metrics import sliced_wasserstein
 from diffbook.nets.mlp import TimeMLP
 from diffbook.objectives import DenoisingLoss
-from diffbook.progress import progress_bar
+from diffbook.runtime.progress import progress_bar
 from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
 from diffbook.train import EMA, ema_decay, infinite_batches, train
 

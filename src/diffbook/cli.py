@@ -88,8 +88,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
+    from diffbook.runtime import cleanup, init_distributed
     from diffbook.sampling import preview_fn
-    from diffbook.train import Trainer, cleanup, init_distributed
+    from diffbook.train import Trainer
 
     run_dir = Path(args.run_dir or default_run_dir(args.config))
     context = init_distributed(args.device)

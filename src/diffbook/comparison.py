@@ -35,7 +35,7 @@ import torch
 
 from diffbook.config import load_config, to_yaml
 from diffbook.profiles import current_profile, pick
-from diffbook.progress import progress_bar
+from diffbook.runtime.progress import progress_bar
 from diffbook.sweep import evaluate_run, mean_std, train_run
 
 SUITES = ("toy", "digits")

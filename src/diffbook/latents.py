@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from diffbook.data.latents import LABELS_FILE, LATENTS_FILE, META_FILE
-from diffbook.progress import progress_bar
+from diffbook.runtime.progress import progress_bar
 
 SD_VAE = "stabilityai/sd-vae-ft-ema"
 SD_LATENT_SCALE = 0.18215  # Rombach et al. 2022; DiT and DiffiT multiply the VAE's latents by it

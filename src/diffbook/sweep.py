@@ -44,7 +44,7 @@ from diffbook.config import (
     to_yaml,
 )
 from diffbook.profiles import seed_everything
-from diffbook.progress import progress_bar
+from diffbook.runtime.progress import progress_bar
 
 REFERENCE_SEED_OFFSET = 1_000_003  # reference draws use seeds no training run uses
 

@@ -20,7 +20,7 @@ predictions came from (both ``sigma < gate``) or weighted by their signal fracti
 at high noise the MMSE prediction tends to the data mean, whose structure no denoiser can keep (spec §6.1).
 
 Under several processes the structure is over the global batch: features and noise levels are all-gathered
-(:func:`~diffbook.train.distributed.all_gather_with_grad`), so a run on ``W`` ranks computes the loss and the
+(:func:`~diffbook.runtime.distributed.all_gather_with_grad`), so a run on ``W`` ranks computes the loss and the
 gradients of one process on the same batch. The objective is a two-player objective of the Trainer
 (:class:`~diffbook.train.trainer.TwoPlayerObjective`): ``adversary`` is the encoder, trained by
 :meth:`SADMLoss.adversary_loss` with its own optimizer.
@@ -39,7 +39,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from diffbook.diffusion.denoiser import Denoiser
 from diffbook.objectives.denoising import DenoisingLoss, split_batch
-from diffbook.train.distributed import all_gather_with_grad
+from diffbook.runtime.distributed import all_gather_with_grad
 
 Affinity = Literal["cosine", "euclidean"]
 Mismatch = Literal["l1", "l2"]

@@ -42,9 +42,10 @@ from torchvision import transforms
 from diffbook.diffusion import DDPM, Denoiser
 from diffbook.nets import DiffusersUNet
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss
+from diffbook.runtime import cleanup, init_distributed
 from diffbook.samplers import ddim_sample
 from diffbook.samplers.guidance import GuidedDenoiser
-from diffbook.train import TrainConfig, Trainer, cleanup, init_distributed
+from diffbook.train import TrainConfig, Trainer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer")

@@ -27,16 +27,15 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 
 from diffbook.profiles import seed_everything
-from diffbook.progress import progress_bar
+from diffbook.runtime.distributed import all_gather_objects, all_reduce_mean, current_context, wrap_ddp
+from diffbook.runtime.precision import AUTOCAST_DTYPES, autocast_dtype
+from diffbook.runtime.progress import progress_bar
 from diffbook.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from diffbook.train.distributed import all_gather_objects, all_reduce_mean, current_context, wrap_ddp
 from diffbook.train.ema import EMA, ema_decay
 from diffbook.viz import save_image_grid
 
 Objective = Callable[..., dict[str, Tensor]]
 SampleFn = Callable[[nn.Module, int], Tensor | None]
-
-_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @runtime_checkable
@@ -103,8 +102,8 @@ class TrainConfig:
                 f"ema_halflife_images must be None or > 0, got {self.ema_halflife_images}",
             ),
             (
-                self.precision in _AUTOCAST_DTYPES,
-                f"precision must be one of {list(_AUTOCAST_DTYPES)}, got {self.precision!r}",
+                self.precision in AUTOCAST_DTYPES,
+                f"precision must be one of {list(AUTOCAST_DTYPES)}, got {self.precision!r}",
             ),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
@@ -200,7 +199,7 @@ class Trainer:
 
     ``dataset``: a tensor of samples ``(N, ...)`` or a dataset of items (e.g. ``(image, label)`` pairs).
     The model trains on the device its parameters are on; under ``torchrun`` call
-    :func:`~diffbook.train.distributed.init_distributed` first and put the model on the context's device.
+    :func:`~diffbook.runtime.distributed.init_distributed` first and put the model on the context's device.
 
     ``run_dir`` receives ``checkpoint.pt``, ``log.jsonl`` and ``samples/step-{step:07d}.png``; :meth:`fit`
     resumes from ``checkpoint.pt`` when it exists. ``run_dir = None`` keeps nothing on disk.
@@ -230,7 +229,7 @@ class Trainer:
         self.progress, self.desc = progress, desc
         self.device = next(model.parameters()).device
         self.context = current_context(self.device)
-        self.autocast_dtype = _autocast_dtype(config.precision, self.device)
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
         self.batches = EpochBatches(
             dataset,
             _per_rank_batch_size(config.batch_size, self.context.world_size),
@@ -564,12 +563,6 @@ def _per_rank_batch_size(batch_size: int, world_size: int) -> int:
     if batch_size % world_size:
         raise ValueError(f"the global batch_size {batch_size} must be divisible by the {world_size} processes")
     return batch_size // world_size
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"precision 'fp16' needs CUDA (the model is on {device}); use 'bf16' or 'fp32'")
-    return _AUTOCAST_DTYPES[precision]
 
 
 def _to_device(batch: Tensor | list | tuple, device: torch.device) -> Tensor | tuple:

@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from diffbook.perf.measure import time_in_turns
+from benchmarks.perf.measure import time_in_turns
 from diffbook.train.trainer import Objective
 
 
@@ -24,7 +24,7 @@ def time_training_steps(
     """Mean seconds per optimizer step (forward, backward, Adam update) of each objective, by name.
 
     ``batch`` is what the objectives take (``x0: (B, ...)`` or ``(x0, labels)``), on the model's device. The
-    objectives take turns (:func:`~diffbook.perf.measure.time_in_turns`), ``warmup`` untimed rounds and then
+    objectives take turns (:func:`~benchmarks.perf.measure.time_in_turns`), ``warmup`` untimed rounds and then
     ``steps`` timed ones, so that a change in the machine's load hits all of them alike. The model is trained in
     place (at a small ``lr``).
     """

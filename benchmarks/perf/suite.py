@@ -1,11 +1,11 @@
 """The benchmarks of ``make bench``: the package against its peers, on the same work, in one run.
 
 Each function yields :class:`Row` objects, one number of ours against one of a peer's, measured in turns on
-the same device, batch and precision (see :mod:`diffbook.perf.measure`). A row with a target says whether it met
+the same device, batch and precision (see :mod:`benchmarks.perf.measure`). A row with a target says whether it met
 it; a row that did not carries the work to profile.
 
 - :func:`network_rows`: a training step (forward, MSE backward, Adam) of the package's U-Nets and DiT against
-  diffusers' models of the same layout (:mod:`diffbook.perf.peers`), and of the latent DiffiT against the DiT.
+  diffusers' models of the same layout (:mod:`benchmarks.perf.peers`), and of the latent DiffiT against the DiT.
 - :func:`sampler_rows`: what a sampler costs beyond its network calls, against diffusers' schedulers.
 - :func:`loader_rows`: CIFAR-10 training batches per second from files in CIFAR-10's format.
 - :func:`evaluation_rows`: features and FID of 10k digits images from PNG folders, against clean-fid.
@@ -24,13 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from diffbook.config import ImagesOnly
-from diffbook.data import load_image_dataset
-from diffbook.diffusion import DDPM, EDM, Denoiser
-from diffbook.nets import UNet, unet_preset
-from diffbook.nets.diffit import LatentDiffiT, latent_diffit_preset
-from diffbook.nets.dit import DiT, DiTConfig, dit_preset
-from diffbook.perf.measure import (
+from benchmarks.perf.measure import (
     Timing,
     count_flops,
     peak_bf16_flops,
@@ -38,7 +32,7 @@ from diffbook.perf.measure import (
     time_in_turns,
     top_operators,
 )
-from diffbook.perf.peers import (
+from benchmarks.perf.peers import (
     cleanfid_folder_fid,
     diffusers_dit,
     diffusers_scheduler,
@@ -48,11 +42,16 @@ from diffbook.perf.peers import (
     torchvision_cifar10,
     unet_differences,
 )
-from diffbook.perf.synthetic import cifar10_checksums, digits_images, patched, random_cifar10, write_png_folder
+from benchmarks.perf.synthetic import cifar10_checksums, digits_images, patched, random_cifar10, write_png_folder
+from diffbook.config import ImagesOnly
+from diffbook.data import load_image_dataset
+from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.nets import UNet, unet_preset
+from diffbook.nets.diffit import LatentDiffiT, latent_diffit_preset
+from diffbook.nets.dit import DiT, DiTConfig, dit_preset
+from diffbook.runtime.precision import AUTOCAST_DTYPES
 from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
 from diffbook.train.trainer import EpochBatches
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Settings:
     """How every network runs, the same for ours and the peer's: device, autocast precision, ``torch.compile``,
     channels-last memory for the convolutional networks, and how many warm-up and timed rounds. ``peak_flops`` is
     the device's peak FLOP/s for model FLOPs utilisation: by default the data sheet's bf16 peak of a listed GPU
-    under bf16 or fp16 autocast (:data:`~diffbook.perf.measure.PEAK_BF16_TFLOPS`), else unknown."""
+    under bf16 or fp16 autocast (:data:`~benchmarks.perf.measure.PEAK_BF16_TFLOPS`), else unknown."""
 
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
@@ -71,8 +70,8 @@ class Settings:
     peak_flops: float | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in AUTOCAST:
-            raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}, got {self.precision!r}")
+        if self.precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.precision!r}")
 
     @property
     def device_peak_flops(self) -> float | None:
@@ -175,7 +174,7 @@ def training_step(net: nn.Module, inputs: tuple, settings: Settings) -> Callable
     x, t, labels = inputs
     if settings.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    dtype = AUTOCAST[settings.precision]
+    dtype = AUTOCAST_DTYPES[settings.precision]
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
     with torch.no_grad(), torch.autocast(settings.device.type, dtype=dtype, enabled=dtype is not None):
         target = torch.randn_like(net(x, t, labels).float())

@@ -1,6 +1,6 @@
 """Performance: how the package is measured against its peers (``benchmarks/peers.py``, ``make bench``)."""
 
-from diffbook.perf.measure import (
+from benchmarks.perf.measure import (
     PeakMemory,
     Timing,
     count_flops,
