@@ -19,9 +19,8 @@ import time
 import torch
 
 from benchmarks.perf import synchronize
-from diffbook.config import build_model, build_objective, load_config
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from diffbook.experiments import Experiment
+from diffbook.runtime.precision import AUTOCAST_DTYPES
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -35,20 +34,20 @@ def main() -> None:
     parser.add_argument("--config", default="cifar10/edm")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--precision", choices=tuple(AUTOCAST), default="fp32")
+    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="fp32")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    config = load_config(args.config, [])
+    experiment = Experiment.load(args.config)
     torch.manual_seed(0)
-    model = build_model(config).to(device).train()
-    objective = build_objective(config, model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["train"]["lr"])
-    resolution = config["data"]["resolution"]
+    model = experiment.build_model().to(device).train()
+    objective = experiment.build_objective(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=experiment.train.lr)
+    resolution = experiment.sample_shape[-1]
     batch = torch.randn(args.batch, 3, resolution, resolution, device=device).clamp(-1, 1)
-    dtype = AUTOCAST[args.precision]
+    dtype = AUTOCAST_DTYPES[args.precision]
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

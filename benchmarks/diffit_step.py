@@ -23,31 +23,31 @@ import time
 import torch
 
 from benchmarks.perf import PeakMemory, count_flops, synchronize
-from diffbook.config import build_network, load_config, sample_shape
+from diffbook.experiments import Experiment
+from diffbook.runtime.precision import AUTOCAST_DTYPES
 
 CONFIGS = ("cifar10/diffit", "imagenet256/diffit", "imagenet256/dit")
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def forward_flops(config: str) -> int:
     """FLOPs of one image's forward pass, counted on the meta device."""
-    cfg = load_config(config)
+    experiment = Experiment.load(config)
     with torch.device("meta"):
-        net = build_network(cfg)
-        x, t = torch.randn(1, *sample_shape(cfg)), torch.ones(1)
+        net = experiment.network.build()
+        x, t = torch.randn(1, *experiment.sample_shape), torch.ones(1)
         labels = torch.zeros(1, dtype=torch.long) if getattr(net, "num_classes", 0) else None
         return count_flops(lambda: net(x, t, labels))
 
 
 def time_step(config: str, device: torch.device, batch: int, precision: str, warmup: int, reps: int) -> dict:
     """Seconds and peak extra memory per forward+backward step of ``batch`` random inputs."""
-    cfg = load_config(config)
+    experiment = Experiment.load(config)
     torch.manual_seed(0)
-    net = build_network(cfg).to(device).train()
-    x = torch.randn(batch, *sample_shape(cfg), device=device)
-    t = torch.rand(batch, device=device) * (999 if cfg["process"]["kind"] == "ddpm" else 1)
+    net = experiment.network.build().to(device).train()
+    x = torch.randn(batch, *experiment.sample_shape, device=device)
+    t = torch.rand(batch, device=device) * (999 if experiment.config["process"]["kind"] == "ddpm" else 1)
     labels = torch.randint(0, net.num_classes, (batch,), device=device) if getattr(net, "num_classes", 0) else None
-    dtype = AUTOCAST[precision]
+    dtype = AUTOCAST_DTYPES[precision]
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--precision", choices=tuple(AUTOCAST), default="fp32")
+    parser.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="fp32")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()

@@ -14,6 +14,7 @@ structure itself is O(B^2) in the batch (spec §6, pitfalls 3 and 5).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -21,19 +22,19 @@ import torch
 
 from benchmarks.perf import synchronize
 from benchmarks.perf.timing import print_step_costs
-from diffbook.config import build_model, build_objective, build_train_config, load_config, sample_shape
+from diffbook.experiments import Experiment
 from diffbook.objectives import DenoisingLoss
 from diffbook.train import Trainer
 
 
-def seconds_per_step(cfg: dict, objective_of, steps: int, warmup: int, device: torch.device) -> float:
+def seconds_per_step(experiment: Experiment, objective_of, steps: int, warmup: int, device: torch.device) -> float:
     """Mean wall-clock seconds of the Trainer's steps ``warmup + 1 .. warmup + steps``."""
-    config = build_train_config(cfg)
-    data = torch.randn(config.batch_size * 4, *sample_shape(cfg)).clamp(-3, 3)
+    config = dataclasses.replace(experiment.train)
+    data = torch.randn(config.batch_size * 4, *experiment.sample_shape).clamp(-3, 3)
     times = []
     for count in (warmup, warmup + steps):
         torch.manual_seed(0)
-        model = build_model(cfg).to(device)
+        model = experiment.build_model().to(device)
         config.steps, config.log_every, config.checkpoint_every = count, count, count
         start = time.perf_counter()
         Trainer(model, objective_of(model), data.to(device), config, None, progress=False).fit()
@@ -52,11 +53,15 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    cfg = load_config(args.config, [*args.overrides, "network.init_from=null"])
-    builders = {"denoising": lambda model: DenoisingLoss(), "sadm": lambda model: build_objective(cfg, model)}
-    ms = {name: 1000 * seconds_per_step(cfg, make, args.steps, args.warmup, device) for name, make in builders.items()}
+    experiment = Experiment.load(args.config, [*args.overrides, "network.init_from=null"])
+    builders = {"denoising": lambda model: DenoisingLoss(), "sadm": experiment.build_objective}
+    ms = {
+        name: 1000 * seconds_per_step(experiment, make, args.steps, args.warmup, device)
+        for name, make in builders.items()
+    }
     machine = platform.processor() or platform.machine()
-    print_step_costs(f"{args.config}, batch {cfg['train']['batch_size']}, {device} ({machine})", args.steps, ms)
+    description = f"{args.config}, batch {experiment.train.batch_size}, {device} ({machine})"
+    print_step_costs(description, args.steps, ms)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import platform
 import torch
 
 from benchmarks.perf.timing import print_step_costs, time_training_steps
-from diffbook.config import build_model, load_config, num_classes, sample_shape
+from diffbook.experiments import Experiment
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss
 
 
@@ -32,12 +32,13 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    cfg = load_config(args.config)
+    experiment = Experiment.load(args.config)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = experiment.build_model().to(device)
     objectives = {"mse": DenoisingLoss(), "self_perceptual": SelfPerceptualLoss.from_model(model)}
-    x0 = torch.randn(args.batch, *sample_shape(cfg), device=device).clamp(-1, 1)
-    batch = (x0, torch.randint(0, num_classes(cfg), (args.batch,), device=device)) if num_classes(cfg) else x0
+    x0 = torch.randn(args.batch, *experiment.sample_shape, device=device).clamp(-1, 1)
+    classes = experiment.num_classes
+    batch = (x0, torch.randint(0, classes, (args.batch,), device=device)) if classes else x0
     seconds = time_training_steps(model, objectives, batch, args.steps, args.warmup)
     machine = platform.processor() or platform.machine()
     ms = {name: 1000 * value for name, value in seconds.items()}

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from diffbook.samplers.bcm_applications import inpaint, interpolate, jpeg_compress, restore, slerp
-from diffbook.config import build_model, build_objective, build_sampler, load_config, load_init_weights
 from diffbook.data import GaussianMixture, gaussian
 from diffbook.diffusion import BCMProcess, BidirectionalConsistency
+from diffbook.experiments import Experiment
+from diffbook.experiments.scoring import flow_scores
 from diffbook.metrics.flow import (
     consistency_scores,
     ddim_inversion_baseline,
@@ -41,7 +41,7 @@ from diffbook.samplers import (
     run_schedule,
     schedule_nfe,
 )
-from diffbook.sweep import flow_scores
+from diffbook.samplers.bcm_applications import inpaint, interpolate, jpeg_compress, restore, slerp
 from diffbook.train import TrainConfig, Trainer, train
 
 PROCESS = BCMProcess()
@@ -253,13 +253,13 @@ def test_ode_baselines_converge_to_the_exact_flow_with_steps():
 
 
 def test_sweeps_score_consistency_models_on_mixtures_against_the_exact_ode():
-    cfg = load_config("toy/bcm", ["network.overrides.hidden=16", "network.overrides.emb_dim=16"])
-    scores = flow_scores(cfg, build_model(cfg).eval(), count=100, seed=0)
+    cfg = Experiment.load("toy/bcm", ["network.overrides.hidden=16", "network.overrides.emb_dim=16"])
+    scores = flow_scores(cfg, cfg.build_model().eval(), count=100, seed=0)
     expected = {f"mmd_nfe{k}" for k in SCHEDULES} | {f"recon_mse_inv{k}" for k in (1, 2, 3, 4)}
     assert expected <= scores.keys() and all(math.isfinite(v) for v in scores.values())
-    assert flow_scores(load_config("toy/edm"), build_model(load_config("toy/edm")), 100, 0) == {}
-    other_set = load_config("toy/bcm", ["data.name=two_moons"])  # no exact ODE to compare with
-    assert flow_scores(other_set, build_model(other_set), 100, 0) == {}
+    assert flow_scores(Experiment.load("toy/edm"), Experiment.load("toy/edm").build_model(), 100, 0) == {}
+    other_set = Experiment.load("toy/bcm", ["data.name=two_moons"])  # no exact ODE to compare with
+    assert flow_scores(other_set, other_set.build_model(), 100, 0) == {}
 
 
 # NFE
@@ -281,7 +281,7 @@ def test_every_sampler_reports_the_network_calls_it_made():
         lambda: interpolate(model, x, -x, [0.0, 0.3, 1.0]),
         lambda: inpaint(model, x, torch.tensor([1.0, 0.0]), levels=(80.0, 2.0, 0.5)),
         lambda: restore(model, x, (0.07, 1.0, 3.0)),
-        lambda: build_sampler(load_config("toy/bcm", ["sample.steps=3"]))(model, x, None, generator),
+        lambda: Experiment.load("toy/bcm", ["sample.steps=3"]).sampler(model, x, None, generator),
     ]
     expected = [1, 2, 3, 4, 4, 1, 2, 4, 3, 6, 3, 3]
     for call, nfe in zip(calls, expected, strict=True):
@@ -540,9 +540,9 @@ def test_ct_only_trains_a_single_time_network_whose_weights_start_bcm_fine_tunin
         assert torch.equal(two_time.raw(x, t, u)[0], consistency.raw(x, t, u)[0])
     # The config route: network.init_from, a Trainer checkpoint of the consistency model.
     torch.save({"model": consistency.state_dict(), "ema": None}, tmp_path / "checkpoint.pt")
-    cfg = load_config("toy/bcm", ["network.overrides.hidden=32", "network.overrides.emb_dim=32"])
-    cfg["network"]["init_from"] = str(tmp_path / "checkpoint.pt")
-    fine_tuned = load_init_weights(build_model(cfg), cfg)
+    overrides = ["network.overrides.hidden=32", "network.overrides.emb_dim=32"]
+    cfg = Experiment.load("toy/bcm", [*overrides, f"network.init_from={tmp_path / 'checkpoint.pt'}"])
+    fine_tuned = cfg.initial_model()
     assert torch.equal(fine_tuned(x, t, SIGMA_MIN), consistency(x, t, SIGMA_MIN))
 
 
@@ -565,28 +565,29 @@ def test_unet_consistency_weights_load_into_the_two_time_unet_exactly():
 
 
 def test_bcm_configs_build_a_consistency_model_its_objective_and_schedules():
-    cfg = load_config("toy/bcm")
-    model = build_model(cfg)
+    cfg = Experiment.load("toy/bcm")
+    model = cfg.build_model()
     assert isinstance(model, BidirectionalConsistency) and model.two_times
-    assert isinstance(build_objective(cfg), BCMLoss)
-    assert build_sampler(load_config("toy/bcm", ["sample.steps=3"])).schedule == SCHEDULES[3]
-    assert build_sampler(load_config("toy/bcm", ["sample.steps=3"])).stochastic
-    custom = build_sampler(load_config("toy/bcm", ["sample.steps=2", "sample.schedule=[[80, 1, 0.002]]"]))
+    assert isinstance(cfg.build_objective(), BCMLoss)
+    assert Experiment.load("toy/bcm", ["sample.steps=3"]).sampler.schedule == SCHEDULES[3]
+    assert Experiment.load("toy/bcm", ["sample.steps=3"]).sampler.stochastic
+    custom = Experiment.load("toy/bcm", ["sample.steps=2", "sample.schedule=[[80, 1, 0.002]]"]).sampler
     assert custom.schedule == ((80.0, 1.0, 0.002),) and not custom.stochastic
     with pytest.raises(ValueError, match="no default consistency schedule"):
-        build_sampler(load_config("toy/bcm", ["sample.steps=5"]))
+        Experiment.load("toy/bcm", ["sample.steps=5"])
     with pytest.raises(ValueError, match="makes 2 network calls"):
-        build_sampler(load_config("toy/bcm", ["sample.steps=1", "sample.schedule=[[80, 1, 0.002]]"]))
+        Experiment.load("toy/bcm", ["sample.steps=1", "sample.schedule=[[80, 1, 0.002]]"])
 
 
 def test_the_imagenet64_fine_tune_carries_the_authors_settings():
-    cfg = load_config("imagenet64/bcm")
-    objective, train_cfg = build_objective(cfg), cfg["train"]
+    experiment = Experiment.load("imagenet64/bcm")
+    cfg = experiment.config
+    objective, train_cfg = experiment.build_objective(), cfg["train"]
     assert objective.num_scales == 321 and objective.exclude_sigma_max and objective.bidirectional
     assert (train_cfg["batch_size"], train_cfg["lr"], train_cfg["precision"]) == (4096, 1e-4, "fp16")
     assert 0.5 ** (4096 / train_cfg["ema_halflife_images"]) == pytest.approx(0.99997, abs=1e-9)
     assert cfg["network"]["overrides"]["num_classes"] == 1000 and cfg["network"]["overrides"]["two_times"]
-    cifar = load_config("cifar10/bcm")
+    cifar = Experiment.load("cifar10/bcm").config
     assert 0.5 ** (1024 / cifar["train"]["ema_halflife_images"]) == pytest.approx(0.99993, abs=1e-9)
     assert "ours" in cifar["source"].lower()
 

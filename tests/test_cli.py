@@ -9,7 +9,10 @@ import yaml
 from PIL import Image
 
 from diffbook.cli import main
-from diffbook.config import build_model, load_config, to_yaml
+from diffbook.config import read_config
+from diffbook.data.pixels import to_uint8, write_pngs
+from diffbook.experiments import Experiment
+from diffbook.experiments.sampling import parse_int_ranges
 from diffbook.metrics.features import (
     DIGITS_WEIGHTS,
     InceptionFeatures,
@@ -17,7 +20,6 @@ from diffbook.metrics.features import (
     held_out_accuracy,
     load_digits_feature_net,
 )
-from diffbook.sampling import parse_int_ranges, to_uint8, write_pngs
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -29,7 +31,7 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def test_dry_run_prints_the_resolved_config(capsys):
     status, out, _ = _run(capsys, "train", "--config", "digits/edm", "train.steps=3", "train.lr=1e-3", "--dry-run")
     assert status == 0
-    assert yaml.safe_load(out) == load_config("digits/edm", ["train.steps=3", "train.lr=1e-3"])
+    assert yaml.safe_load(out) == read_config("digits/edm", ["train.steps=3", "train.lr=1e-3"])
 
 
 def test_an_unknown_key_exits_with_the_closest_keys(capsys):
@@ -58,12 +60,12 @@ def test_the_committed_feature_net_is_small_and_classifies_held_out_digits():
 def _tiny_run(tmp_path, name: str) -> str:
     """A run directory holding a random-init model in the Trainer's checkpoint format; returns the checkpoint."""
     # init_zero=false: a zero-initialised network's output does not depend on its input, a weak test of batching.
-    cfg = load_config(name, ["sample.steps=3", "network.overrides.init_zero=false"])
+    experiment = Experiment.load(name, ["sample.steps=3", "network.overrides.init_zero=false"])
     torch.manual_seed(0)
     run_dir = tmp_path / name.replace("/", "-")
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    torch.save({"model": build_model(cfg).state_dict(), "ema": None, "step": 0}, run_dir / "checkpoint.pt")
+    (run_dir / "config.yaml").write_text(experiment.to_yaml())
+    torch.save({"model": experiment.build_model().state_dict(), "ema": None, "step": 0}, run_dir / "checkpoint.pt")
     return str(run_dir / "checkpoint.pt")
 
 
@@ -86,6 +88,20 @@ def test_image_k_is_the_same_whatever_the_batch_size(tmp_path, capsys, name):
     assert not np.array_equal(_pixels(tmp_path / "b1", 0), _pixels(tmp_path / "b1", 1))
     arrays = np.load(tmp_path / "b3" / "samples.npz")
     assert arrays["images"].shape == (5, 16, 16, 1) and arrays["seeds"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_sample_takes_overrides_of_the_runs_config(tmp_path, capsys):
+    ckpt = _tiny_run(tmp_path, "digits/edm")
+    status, out, err = _run(capsys, "sample", "--ckpt", ckpt, "--seeds", "0", "--out", tmp_path, "sample.steps=5",
+                            "sample.sampler=euler", "--dry-run")  # fmt: skip
+    assert status == 0, err
+    assert yaml.safe_load(out)["sample"] == {"sampler": "euler", "steps": 5, "rho": 7.0, "S_churn": 0.0}
+    for steps in (1, 3):
+        args = ("sample", "--ckpt", ckpt, "--seeds", "0", "--out", tmp_path / f"steps{steps}", f"sample.steps={steps}")
+        assert _run(capsys, *args)[0] == 0
+    assert not np.array_equal(_pixels(tmp_path / "steps1", 0), _pixels(tmp_path / "steps3", 0))
+    status, _, err = _run(capsys, "sample", "--ckpt", ckpt, "--seeds", "0", "--out", tmp_path, "sample.stpes=5")
+    assert status == 2 and "unknown config key 'sample.stpes'" in err
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -3,17 +3,8 @@
 import pytest
 import torch
 
-from diffbook.config import (
-    available_configs,
-    build_dataset,
-    build_model,
-    build_objective,
-    build_sampler,
-    build_train_config,
-    load_config,
-    sample_shape,
-    to_yaml,
-)
+from diffbook.config import available_configs
+from diffbook.experiments import Experiment
 from diffbook.samplers import SamplerOutput
 
 SMALL_CONFIGS = ["toy/ddpm", "toy/edm", "toy/iso", "digits/ddpm", "digits/edm", "digits/iso"]
@@ -27,37 +18,37 @@ def test_configs_are_listed_sorted_by_dataset_then_method():
 
 @pytest.mark.parametrize("name", available_configs())
 def test_every_config_builds_its_model_objective_sampler_and_train_config(name):
-    cfg = load_config(name)
-    assert cfg["source"]
+    experiment = Experiment.load(name)
+    assert experiment.config["source"]
     with torch.device("meta"):  # no memory or init time for the 56 M-parameter networks
-        model = build_model(cfg)
+        model = experiment.build_model()
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert callable(build_objective(cfg, model))
-    assert callable(build_sampler(cfg))
-    assert build_train_config(cfg).steps == cfg["train"]["steps"]
+    assert callable(experiment.build_objective(model))
+    assert callable(experiment.sampler)
+    assert experiment.train.steps == experiment.config["train"]["steps"]
 
 
 @pytest.mark.parametrize("name", SMALL_CONFIGS)
 def test_small_configs_build_their_data_and_sample_with_a_real_model(name):
-    cfg = load_config(name, ["sample.steps=2"])
-    data = build_dataset(cfg)
+    experiment = Experiment.load(name, ["sample.steps=2"])
+    data = experiment.build_dataset()
     item = data[0]
-    assert item.shape == sample_shape(cfg)  # unconditional: images without labels
-    model = build_model(cfg).eval()
-    noise = torch.randn(3, *sample_shape(cfg))
-    out = build_sampler(cfg)(model, noise, None, torch.Generator().manual_seed(0))
+    assert item.shape == experiment.sample_shape  # unconditional: images without labels
+    model = experiment.build_model().eval()
+    noise = torch.randn(3, *experiment.sample_shape)
+    out = experiment.sampler(model, noise, None, torch.Generator().manual_seed(0))
     assert isinstance(out, SamplerOutput) and out.samples.shape == noise.shape
 
 
 @pytest.mark.parametrize(("name", "millions"), [("cifar10/ddpm", 35.7), ("cifar10/edm", 55.7)])
 def test_cifar10_networks_have_the_papers_sizes(name, millions):
     with torch.device("meta"):
-        model = build_model(load_config(name))
+        model = Experiment.load(name).build_model()
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.1)
 
 
 def test_cifar10_ddpm_follows_ho_et_al():
-    cfg = load_config("cifar10/ddpm")
+    cfg = Experiment.load("cifar10/ddpm").config
     train = cfg["train"]
     assert (train["batch_size"], train["lr"], train["warmup_steps"], train["grad_clip"]) == (128, 2e-4, 5000, 1.0)
     assert train["steps"] == 800_000 and cfg["data"]["flip"] is True
@@ -69,7 +60,7 @@ def test_cifar10_ddpm_follows_ho_et_al():
 
 
 def test_cifar10_edm_follows_config_f():
-    cfg = load_config("cifar10/edm")
+    cfg = Experiment.load("cifar10/edm").config
     train = cfg["train"]
     assert (train["batch_size"], train["lr"], train["grad_clip"]) == (512, 1e-3, None)
     assert train["warmup_steps"] * 512 == pytest.approx(10e6, rel=1e-4)
@@ -80,7 +71,7 @@ def test_cifar10_edm_follows_config_f():
 
 
 def test_overrides_are_parsed_as_yaml_scalars():
-    cfg = load_config(
+    experiment = Experiment.load(
         "digits/edm",
         [
             "train.lr=1e-3",
@@ -90,9 +81,10 @@ def test_overrides_are_parsed_as_yaml_scalars():
             "network.overrides.channel_mult=[1, 1]",
         ],
     )
+    cfg = experiment.config
     assert cfg["train"]["lr"] == 1e-3 and isinstance(cfg["train"]["lr"], float)
     assert cfg["train"]["steps"] == 7 and cfg["train"]["grad_clip"] is None and cfg["data"]["flip"] is True
-    assert build_model(cfg).net.config.channel_mult == (1, 1)
+    assert experiment.build_model().net.config.channel_mult == (1, 1)
 
 
 @pytest.mark.parametrize(
@@ -106,30 +98,30 @@ def test_overrides_are_parsed_as_yaml_scalars():
 )
 def test_an_unknown_key_is_an_error_naming_the_closest_valid_keys(override, unknown, closest):
     with pytest.raises(ValueError, match=rf"unknown config key '{unknown}'; closest valid keys: .*\b{closest}\b"):
-        load_config("digits/edm", [override])
+        Experiment.load("digits/edm", [override])
 
 
 def test_an_unknown_config_name_suggests_one():
     with pytest.raises(ValueError, match="Did you mean 'digits/edm'"):
-        load_config("digit/edm")
+        Experiment.load("digit/edm")
 
 
 def test_an_override_without_a_value_is_an_error():
     with pytest.raises(ValueError, match="key.sub=value"):
-        load_config("toy/edm", ["train.steps"])
+        Experiment.load("toy/edm", ["train.steps"])
 
 
 def test_a_config_file_loads_by_path(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text(to_yaml(load_config("toy/edm", ["train.steps=9"])))
-    assert load_config(path) == load_config("toy/edm", ["train.steps=9"])
+    path.write_text(Experiment.load("toy/edm", ["train.steps=9"]).to_yaml())
+    assert Experiment.load(path).config == Experiment.load("toy/edm", ["train.steps=9"]).config
 
 
 def test_objective_keys_depend_on_its_kind():
-    cfg = load_config("toy/iso", ["objective.weight=0.3", "objective.form=sample"])
-    objective = build_objective(cfg)
+    experiment = Experiment.load("toy/iso", ["objective.weight=0.3", "objective.form=sample"])
+    objective = experiment.build_objective()
     assert (objective.weight, objective.form) == (0.3, "sample")
     with pytest.raises(ValueError, match="objective.weight"):
-        load_config("toy/iso", ["objective.weigth=0.3"])
+        Experiment.load("toy/iso", ["objective.weigth=0.3"])
     with pytest.raises(ValueError, match="objective.kind must be one of"):
-        load_config("toy/ddpm", ["objective.kind=isotropic"])
+        Experiment.load("toy/ddpm", ["objective.kind=isotropic"])

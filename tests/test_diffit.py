@@ -13,10 +13,10 @@ from PIL import Image
 from torch import nn
 
 from diffbook.cli import main
-from diffbook.config import build_dataset, build_model, build_sampler, load_config, to_yaml
+from diffbook.config import read_config
 from diffbook.data.latents import LatentDataset
 from diffbook.diffusion import DDPM, EDM, Denoiser
-from diffbook.latents import SD_VAE, load_vae, vae_missing_message
+from diffbook.experiments import Experiment
 from diffbook.nets import (
     TIME_MODES,
     DiffiTUNet,
@@ -35,6 +35,7 @@ from diffbook.nets.diffit import (
     window_reverse,
 )
 from diffbook.nets.transformer import sincos_pos_embed_2d
+from diffbook.nets.vae import SD_VAE, load_vae, vae_missing_message
 from diffbook.objectives.vlb import HybridLoss, variance_bound_term
 from diffbook.samplers import GuidedDenoiser, ancestral_variance, ddpm_sample, power_cosine_scale
 
@@ -392,20 +393,19 @@ def test_the_hybrid_loss_trains_the_variance_channels():
     ],
 )
 def test_diffit_configs_build_the_networks_of_their_sources(name, millions):
-    cfg = load_config(name)
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = Experiment.load(name).build_model()
     assert trainable(model) / 1e6 == pytest.approx(millions, abs=0.01)
 
 
 def test_the_latent_configs_follow_the_paper_and_d17():
-    cfg = load_config("imagenet256/diffit")
+    cfg = read_config("imagenet256/diffit")
     assert (cfg["train"]["batch_size"], cfg["train"]["lr"], cfg["process"]["T"]) == (256, 3e-4, 1000)
     assert 0.5 ** (256 / cfg["train"]["ema_halflife_images"]) == pytest.approx(0.9999, abs=1e-9)
-    sampler = build_sampler(cfg)
-    assert (sampler.steps, sampler.options["variance"], sampler.options["cfg_power"]) == (250, "learned", 4.0)
-    assert sampler.options["cfg_channels"] is None  # D17: all four channels by default
-    assert load_config("imagenet512/diffit")["sample"]["cfg_scale"] == 1.49
+    sampler = Experiment.from_config(cfg).sampler
+    assert (sampler.steps, sampler.options.variance, sampler.options.cfg_power) == (250, "learned", 4.0)
+    assert sampler.options.cfg_channels is None  # D17: all four channels by default
+    assert read_config("imagenet512/diffit")["sample"]["cfg_scale"] == 1.49
 
 
 def test_a_guided_config_sampler_runs_a_small_class_conditional_model():
@@ -415,9 +415,9 @@ def test_a_guided_config_sampler_runs_a_small_class_conditional_model():
         "process.T=50",
         "sample.steps=3",
     ]
-    cfg = load_config("imagenet256/diffit", overrides)
-    model = build_model(cfg).eval()
-    out = build_sampler(cfg)(model, torch.randn(2, 4, 8, 8), torch.tensor([0, 3]), torch.Generator().manual_seed(0))
+    cfg = Experiment.load("imagenet256/diffit", overrides)
+    model = cfg.build_model().eval()
+    out = cfg.sampler(model, torch.randn(2, 4, 8, 8), torch.tensor([0, 3]), torch.Generator().manual_seed(0))
     assert out.samples.shape == (2, 4, 8, 8) and torch.isfinite(out.samples).all()
 
 
@@ -462,8 +462,8 @@ def test_precompute_latents_writes_what_the_latent_dataset_and_configs_read(tiny
     latent, label = dataset[7]
     assert latent.shape == (4, 4, 4) and latent.dtype == torch.float32 and label == 0  # 7 - 6: cat's 2nd, mirrored
     assert [dataset[k][1] for k in range(6)] == [0, 0, 0, 1, 1, 1]
-    cfg = load_config("imagenet256/diffit", [f"data.root={out}"])
-    assert len(build_dataset(cfg)) == 12
+    cfg = Experiment.load("imagenet256/diffit", [f"data.root={out}"])
+    assert len(cfg.build_dataset()) == 12
 
 
 def test_sampling_a_latent_model_decodes_its_latents_to_images(tiny_vae, tmp_path, capsys):
@@ -473,10 +473,10 @@ def test_sampling_a_latent_model_decodes_its_latents_to_images(tiny_vae, tmp_pat
         "process.T=50",
         "sample.steps=2",
     ]
-    cfg = load_config("imagenet256/diffit", overrides)
+    cfg = Experiment.load("imagenet256/diffit", overrides)
     (tmp_path / "run").mkdir()
-    torch.save({"model": build_model(cfg).state_dict(), "ema": None, "step": 0}, tmp_path / "run" / "checkpoint.pt")
-    (tmp_path / "run" / "config.yaml").write_text(to_yaml(cfg))
+    torch.save({"model": cfg.build_model().state_dict(), "ema": None, "step": 0}, tmp_path / "run" / "checkpoint.pt")
+    (tmp_path / "run" / "config.yaml").write_text(cfg.to_yaml())
     argv = ["sample", "--ckpt", str(tmp_path / "run" / "checkpoint.pt"), "--seeds", "0-1", "--out", str(tmp_path / "s")]
     assert main([*argv, "--class-labels", "3", "--vae", str(tiny_vae), "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "s" / "000001.png").size == (32, 32)  # 4x4 latents, decoded 8x

@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from diffbook.booktools.exercises import CHECK_MARKER, grade, student_copy
 from diffbook.cli import main
-from diffbook.notebooks import CHECK_MARKER, grade, student_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -7,29 +7,30 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from diffbook.data import gaussian
-from diffbook.diffusion import DDPM, EDM, Denoiser
-from diffbook.explore import (
-    SAMPLERS,
-    Control,
-    Explorer,
+from diffbook.booktools.attention import (
     attention_explorer,
     attention_inputs,
     attention_layers,
     attention_state,
     attention_summary,
-    figure_png,
+)
+from diffbook.booktools.explorer import Control, Explorer, figure_png
+from diffbook.booktools.explorers import (
+    SAMPLER_LABELS,
     forward_explorer,
     forward_states,
     jump_explorer,
     jump_state,
-    sample_at_nfe,
+    sampler_at_nfe,
     sampler_explorer,
     sweep_explorer,
     sweep_points,
 )
+from diffbook.data import gaussian
+from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.experiments.sweep import parse_grid, run_sweep
 from diffbook.nets.diffit import DiffiTUNet, WindowAttention, diffit_unet_preset
-from diffbook.sweep import parse_grid, run_sweep
+from diffbook.samplers import sample_seeds
 
 PROCESS = DDPM(T=1000, schedule="linear")
 MEAN, STD = torch.tensor([1.0, -0.5]), 0.5
@@ -105,28 +106,27 @@ def test_forward_states_follow_the_closed_form_with_one_noise_draw():
     plt.close(explorer.static_figure())
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", SAMPLER_LABELS)
 def test_every_sampler_turns_noise_into_the_gaussian_at_its_nfe(sampler):
     """The exact denoiser of N(MEAN, STD^2 I): every sampler, routed at its NFE, must return that distribution
     (199 evaluations: where each one's discretisation error is below the tolerance, as in test_samplers)."""
     denoiser = gaussian(mean=tuple(MEAN.tolist()), std=STD).denoiser
-    noise = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0))
-    out = sample_at_nfe(sampler, denoiser, PROCESS, noise, nfe=199)
+    out = sample_seeds(denoiser, sampler_at_nfe(sampler, nfe=199), range(20_000), (2,), process=PROCESS)
     assert out.nfe == 199
     assert (out.samples.mean(0) - MEAN).abs().max() < 0.03
     assert (out.samples.std(0) / STD - 1).abs().max() < 0.03
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample_at_nfe("RK4", denoiser, PROCESS, noise, nfe=5)
+        sampler_at_nfe("RK4", nfe=5)
 
 
 def test_churn_moves_only_the_edm_samplers_and_is_seeded():
     denoiser = gaussian(mean=tuple(MEAN.tolist()), std=STD).denoiser
-    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
-    explorer = sampler_explorer(denoiser, PROCESS, noise, nfe=(9,), churn=(0.0, 40.0))
-    for sampler in SAMPLERS:
+    explorer = sampler_explorer(denoiser, PROCESS, 64, nfe=(9,), churn=(0.0, 40.0))
+    for sampler in SAMPLER_LABELS:
         still, churned = (explorer.state(sampler=sampler, churn=c).samples for c in (0.0, 40.0))
         assert torch.equal(still, churned) == sampler.startswith("DD")
-    again = sample_at_nfe("EDM Heun", denoiser, PROCESS, noise, 9, churn=40.0, return_trajectory=True)
+    heun = sampler_at_nfe("EDM Heun", 9, churn=40.0)
+    again = sample_seeds(denoiser, heun, range(64), (2,), return_trajectory=True, process=PROCESS)
     torch.testing.assert_close(again.samples, explorer.state(sampler="EDM Heun", churn=40.0).samples)
     assert len(again.trajectory) == again.nfe // 2 + 2  # one state per step, and the end
     plt.close(explorer.static_figure())

@@ -95,10 +95,10 @@ def test_colab_install_command_gives_a_working_package_in_a_fresh_environment(wh
     env = os.environ | {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
     probe = (
         "import json, diffbook\n"
-        "from diffbook.config import load_config\n"
+        "from diffbook.config import read_config\n"
         "from diffbook.metrics.features import load_digits_feature_net\n"
         "load_digits_feature_net()\n"
-        "print(json.dumps({'file': diffbook.__file__, 'config': load_config('digits/edm')['network']['preset']}))"
+        "print(json.dumps({'file': diffbook.__file__, 'config': read_config('digits/edm')['network']['preset']}))"
     )
     result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from diffbook.diffusion import DDPM, EDM, Denoiser
-from diffbook.metrics import forward_isotropy, isotropy_per_sample, predicted_noise_isotropy
-from diffbook.objectives import DenoisingLoss, IsoLoss, isotropy_penalty
+from diffbook.metrics import forward_isotropy, isotropy, predicted_noise_isotropy
+from diffbook.objectives import DenoisingLoss, IsoLoss, isotropy_penalty, isotropy_per_sample
 
 
 def _unit_norm_rows(batch: int, n: int, seed: int) -> torch.Tensor:
@@ -181,3 +181,10 @@ def test_predicted_noise_isotropy_of_the_exact_gaussian_denoiser_is_one_minus_al
         lambda x, s: x / (1 + s[:, None] ** 2), x0, sigmas, torch.Generator().manual_seed(12)
     )
     torch.testing.assert_close(curve, 1 - process.alpha_bar[steps], atol=0.02, rtol=0)
+
+
+def test_isotropy_per_sample():
+    signs = torch.randint(2, (4, 2, 3), generator=torch.Generator().manual_seed(10)) * 2 - 1
+    z = torch.arange(1.0, 5.0)[:, None, None] * signs  # sample i has every entry equal to +-(i + 1)
+    torch.testing.assert_close(isotropy_per_sample(z), torch.tensor([1.0, 4.0, 9.0, 16.0]))
+    assert isotropy(z) == pytest.approx(7.5)

@@ -16,7 +16,6 @@ from diffbook.metrics import (
     frechet_distance,
     inception_score,
     isotropy,
-    isotropy_per_sample,
     kernel_inception_distance,
     negative_log_likelihood,
     prdc,
@@ -208,13 +207,6 @@ def test_isotropy_of_standard_noise_is_one_and_scales_quadratically():
     assert isotropy(eps) == pytest.approx(1, abs=0.015)  # sampling std is sqrt(2 / (256 * 768)) = 0.003
     assert isotropy(3 * eps) == pytest.approx(9 * isotropy(eps), rel=1e-6)
     assert isotropy(torch.zeros(4, 3, 8, 8)) == 0
-
-
-def test_isotropy_per_sample():
-    signs = torch.randint(2, (4, 2, 3), generator=torch.Generator().manual_seed(10)) * 2 - 1
-    z = torch.arange(1.0, 5.0)[:, None, None] * signs  # sample i has every entry equal to +-(i + 1)
-    torch.testing.assert_close(isotropy_per_sample(z), torch.tensor([1.0, 4.0, 9.0, 16.0]))
-    assert isotropy(z) == pytest.approx(7.5)
 
 
 def test_forward_isotropy_matches_monte_carlo_for_the_ddpm_process():

@@ -234,7 +234,7 @@ def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path
     from test_diffit import assert_time_mlp_reads_cos_sin
 
     from diffbook.cli import main
-    from diffbook.config import build_model, load_config, load_init_weights
+    from diffbook.experiments import Experiment
     from diffbook.nets.convert_dit import convert_released_dit
     from diffbook.nets.dit import dit_preset
     from diffbook.nets.transformer import sincos_pos_embed_2d
@@ -265,8 +265,8 @@ def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path
     torch.save(released, tmp_path / "dit.pt")
 
     assert main(["import-dit", str(tmp_path / "dit.pt"), *overrides, "--out", str(tmp_path / "checkpoint.pt")]) == 0
-    cfg = load_config("imagenet256/sadm", [*overrides, f"network.init_from={tmp_path / 'checkpoint.pt'}"])
-    net = load_init_weights(build_model(cfg), cfg).net  # strict: every parameter is matched
+    experiment = Experiment.load("imagenet256/sadm", [*overrides, f"network.init_from={tmp_path / 'checkpoint.pt'}"])
+    net = experiment.initial_model().net  # strict: every parameter is matched
     torch.testing.assert_close(net.blocks[1].modulation[1].weight, released["blocks.1.adaLN_modulation.1.weight"])
     assert_time_mlp_reads_cos_sin(net, released)
     with pytest.raises(ValueError, match="unexpected key"):

@@ -1,11 +1,15 @@
 """The denoising objective: its identities with EDM's weighted loss and DDPM's L_simple, and its optimum."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from diffbook.diffusion import DDPM, EDM, VE, VP, Denoiser
-from diffbook.objectives import DenoisingLoss
+from diffbook.experiments import Experiment
+from diffbook.objectives import DenoisingLoss, IsoLoss, SelfPerceptualLoss, isotropy_penalty
+from diffbook.profiles import seed_everything
 
 
 class _RandomNet(nn.Module):
@@ -101,3 +105,68 @@ def test_label_dropout_replaces_labels_by_the_null_class_at_the_given_rate():
     assert torch.equal(net.seen[~dropped], labels[~dropped])
     with pytest.raises(ValueError, match="class-conditional"):
         DenoisingLoss(label_dropout=0.1)(Denoiser(_RandomNet(2), EDM()), (torch.randn(4, 2), labels[:4]))
+
+
+# Objectives stacked on other objectives (the comparison chapter's combinations), built from configs
+
+ISO_OVER_SP = "objective={kind: iso, weight: 0.5, base: {kind: self_perceptual}}"
+
+
+def _sp_model():
+    seed_everything(0)
+    return Experiment.load("toy/sp_pretrain").build_model()
+
+
+def test_iso_over_self_perceptual_adds_the_penalty_of_its_prediction():
+    model = _sp_model()
+    objective = Experiment.load("toy/self_perceptual", [ISO_OVER_SP]).build_objective(model)
+    assert isinstance(objective, IsoLoss) and isinstance(objective.base, SelfPerceptualLoss)
+    x0 = torch.randn(16, 2)
+    out = objective(model, x0, torch.Generator().manual_seed(3))
+    base = objective.base(model, x0, torch.Generator().manual_seed(3))
+    assert torch.equal(out["loss"], base["loss"] + 0.5 * isotropy_penalty(base["eps_pred"]))
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.net.parameters())
+
+
+def test_self_perceptual_predictions_remake_the_noisy_input():
+    model = _sp_model()
+    objective = Experiment.load("toy/self_perceptual").build_objective(model)
+    x0, eps = torch.randn(16, 2), torch.randn(16, 2)
+    sigma = torch.cat([torch.logspace(-2, 2, 15), torch.tensor([math.inf])])  # the zero-SNR step included
+    out = objective.loss_at(model, x0, eps, sigma, sigma.flip(0))
+    alpha = torch.where(sigma.isinf(), 0.0, 1 / torch.sqrt(1 + sigma.square()))[:, None]
+    s = torch.sqrt(1 - alpha.square())
+    assert out["x0_pred"].requires_grad and out["eps_pred"].requires_grad
+    torch.testing.assert_close(alpha * out["x0_pred"] + s * out["eps_pred"], alpha * x0 + s * eps)
+
+
+def test_a_penalty_of_weight_zero_over_any_base_is_that_base_bit_for_bit():
+    model = _sp_model()
+    objective = Experiment.load("toy/self_perceptual", [ISO_OVER_SP.replace("0.5", "0")]).build_objective(model)
+    x0 = torch.randn(8, 2)
+    out = objective(model, x0, torch.Generator().manual_seed(1))
+    assert torch.equal(out["loss"], objective.base(model, x0, torch.Generator().manual_seed(1))["loss"])
+
+
+def test_sadm_takes_a_nested_base_and_refuses_to_be_one():
+    experiment = Experiment.load("toy/sadm", ["objective.base={kind: iso, weight: 0.1}", "network.init_from=null"])
+    objective = experiment.build_objective(experiment.build_model())
+    assert isinstance(objective.base, IsoLoss) and objective.base.weight == 0.1
+    with pytest.raises(ValueError, match="outermost"):
+        Experiment.load("toy/iso", ["objective.base={kind: sadm}"]).build_objective()
+    with pytest.raises(ValueError, match="inside it"):
+        Experiment.load(
+            "toy/iso", ["objective.base={kind: denoising}", "objective.label_dropout=0.1"]
+        ).build_objective()
+    with pytest.raises(ValueError, match="objective.base.weight"):
+        Experiment.load("toy/sadm", ["objective.base={kind: iso, wieght: 0.1}"])
+    with pytest.raises(ValueError, match="objective.base.kind"):
+        Experiment.load("toy/sadm", ["objective.base={kind: nope}"])
+
+
+def test_a_base_without_the_prediction_a_penalty_needs_is_an_error():
+    experiment = Experiment.load("toy/bcm", ["objective={kind: iso, weight: 0.1, base: {kind: bcm}}"])
+    model = experiment.build_model()
+    with pytest.raises(ValueError, match="eps_pred"):
+        experiment.build_objective(model)(model, torch.randn(8, 2))

@@ -20,19 +20,18 @@ from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from diffbook import current_profile, pick
-from diffbook.cli import main
-from diffbook.notebooks import (
+from diffbook.booktools.exercises import (
     BEGIN_SOLUTION,
     CHECK_MARKER,
     END_SOLUTION,
     HIDE_INPUT,
     STUB,
-    execute_notebook,
-    expand_notebook_paths,
     solution_blocks,
     student_copy,
     write_student_copies,
 )
+from diffbook.booktools.runner import execute_notebook, expand_notebook_paths
+from diffbook.cli import main
 from diffbook.profiles import ENV_VAR, PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import torch
 from test_trainer import assert_identical
 from torch import nn
 
-from diffbook.config import build_model, build_objective, load_config
 from diffbook.diffusion import EDM, Denoiser
+from diffbook.experiments import Experiment
 from diffbook.nets.mlp import TimeMLP
 from diffbook.objectives import DenoisingLoss, SADMLoss, structural_distance, structure_encoder
 from diffbook.objectives.sadm import StructureEncoder, batch_structure, pair_weights
@@ -214,20 +214,20 @@ def test_a_run_refuses_a_checkpoint_without_the_adversary_its_objective_has(tmp_
 
 
 def test_the_config_builds_each_encoder_and_refuses_bad_knobs():
-    cfg = load_config("toy/edm", ["objective.kind=sadm", "objective.gate=0.5", "objective.mismatch=l2"])
-    objective = build_objective(cfg, build_model(cfg))
+    cfg = Experiment.load("toy/edm", ["objective.kind=sadm", "objective.gate=0.5", "objective.mismatch=l2"])
+    objective = cfg.build_objective(cfg.build_model())
     assert isinstance(objective, SADMLoss) and objective.gate == 0.5 and objective.mismatch == "l2"
     assert objective.encoder(POINTS).shape == (len(POINTS), 16)
-    cfg = load_config("digits/edm", ["objective.kind=sadm", "objective.feature_dim=8"])
-    assert build_objective(cfg, build_model(cfg)).encoder(torch.randn(2, 1, 16, 16)).shape == (2, 8)
+    cfg = Experiment.load("digits/edm", ["objective.kind=sadm", "objective.feature_dim=8"])
+    assert cfg.build_objective(cfg.build_model()).encoder(torch.randn(2, 1, 16, 16)).shape == (2, 8)
     for override, message in [
         ("objective.affinity=angular", "affinity must be one of"),
         ("objective.weight=-1", "weight"),
         ("objective.encoder=latents", "does not take samples of shape"),
         ("objective.base=vlb", "objective.base.kind must be one of"),
     ]:
-        cfg = load_config("toy/edm", ["objective.kind=sadm", override])
         with pytest.raises(ValueError, match=message):
-            build_objective(cfg, build_model(cfg))
+            cfg = Experiment.load("toy/edm", ["objective.kind=sadm", override])
+            cfg.build_objective(cfg.build_model())
     with pytest.raises(ValueError, match="unknown config key 'objective.lambda'"):
-        load_config("toy/edm", ["objective.kind=sadm", "objective.lambda=1"])
+        Experiment.load("toy/edm", ["objective.kind=sadm", "objective.lambda=1"])

@@ -5,6 +5,7 @@ import torch
 
 from diffbook.data import GaussianMixture
 from diffbook.diffusion import DDPM
+from diffbook.experiments import Experiment
 from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, timesteps
 
 MEAN = torch.tensor([1.0, -0.5])
@@ -186,3 +187,23 @@ def test_exact_denoiser_of_a_2d_mixture_reproduces_its_weights(run):
     for k in range(3):
         spread = samples[nearest == k].std(0) / mixture.stds[k]
         assert (spread - 1).abs().max() < 0.1, (k, spread)
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "nfe"),
+    [
+        ("toy/edm", ["sample.steps=6"], 11),
+        ("toy/edm", ["sample.sampler=euler", "sample.steps=3"], 3),
+        ("toy/self_perceptual", ["sample.steps=7"], 7),
+        ("toy/ddpm", ["sample.steps=5"], 5),
+        ("toy/bcm", ["sample.steps=4"], 4),
+    ],
+)
+def test_a_samplers_network_calls_are_counted_before_it_runs(config, overrides, nfe):
+    experiment = Experiment.load(config, [*overrides, "network.init_from=null"])
+    sampler = experiment.sampler
+    calls = []
+    model = experiment.build_model()
+    model.net.register_forward_hook(lambda *_: calls.append(1))
+    output = sampler(model, torch.randn(4, 2), None, torch.Generator().manual_seed(0))
+    assert sampler.nfe == output.nfe == len(calls) == nfe

@@ -15,8 +15,9 @@ from PIL import Image
 from torch import nn
 
 from diffbook.cli import main as cli_main
-from diffbook.config import build_model, build_objective, load_config
+from diffbook.config import read_config
 from diffbook.diffusion import DDPM, Denoiser, vp_coefficients
+from diffbook.experiments import Experiment
 from diffbook.metrics.features import class_agreement
 from diffbook.nets import DiffusersUNet, TimeMLP, TimeMLPEncoder, UNet, UNetEncoder, middle_block_encoder, unet_preset
 from diffbook.objectives import DenoisingLoss, SelfPerceptualLoss, frozen_middle_block_encoder
@@ -426,19 +427,19 @@ def test_guided_denoiser_extrapolates_the_raw_output_and_scale_one_is_the_condit
 
 def test_fine_tuning_configs_start_from_their_pretraining_runs():
     for pretrain, finetune in [("sp_pretrain", "self_perceptual"), ("sp_pretrain_cond", "self_perceptual_cond")]:
-        base, fine = load_config(f"digits/{pretrain}"), load_config(f"digits/{finetune}")
+        base, fine = read_config(f"digits/{pretrain}"), read_config(f"digits/{finetune}")
         assert fine["network"].pop("init_from") == f"runs/digits-{pretrain}/checkpoint.pt"
         assert fine["network"] == base["network"] and fine["process"] == base["process"]
         assert fine["objective"]["label_dropout"] == base["objective"]["label_dropout"]
         assert fine["sample"] == dict(sampler="ddim", steps=50, spacing="trailing", eta=0.0, clip_denoised=None)
-    base, fine = load_config("toy/sp_pretrain"), load_config("toy/self_perceptual")
+    base, fine = read_config("toy/sp_pretrain"), read_config("toy/self_perceptual")
     assert fine["network"].pop("init_from") == "runs/toy-sp_pretrain/checkpoint.pt"
     assert (
         fine["network"] == base["network"] and fine["process"] == base["process"] and fine["sample"] == base["sample"]
     )
-    assert "extension" in load_config("cifar10/self_perceptual")["source"]
-    with pytest.raises(ValueError, match="build_objective\\(cfg, model\\)"):
-        build_objective(load_config("digits/self_perceptual"))
+    assert "extension" in read_config("cifar10/self_perceptual")["source"]
+    with pytest.raises(ValueError, match="build_objective\\(model\\)"):
+        Experiment.load("digits/self_perceptual").build_objective()
 
 
 def test_train_command_pretrains_then_fine_tunes_from_the_pretrained_weights(tmp_path, capsys):
@@ -458,9 +459,9 @@ def test_train_command_pretrains_then_fine_tunes_from_the_pretrained_weights(tmp
 
 
 def test_objective_kind_self_perceptual_builds_from_the_model():
-    cfg = load_config("digits/self_perceptual")
-    model = build_model(cfg)
-    objective = build_objective(cfg, model)
+    cfg = Experiment.load("digits/self_perceptual")
+    model = cfg.build_model()
+    objective = cfg.build_objective(model)
     assert isinstance(objective, SelfPerceptualLoss) and objective.form == "paper"
 
 

@@ -7,22 +7,14 @@ import pytest
 import torch
 
 from diffbook.cli import main
-from diffbook.config import build_model, load_config
+from diffbook.config import read_config
 from diffbook.data import stack_dataset
 from diffbook.data.images import load_image_dataset
-from diffbook.sampling import to_uint8
-from diffbook.sweep import (
-    SweepRun,
-    generate_samples,
-    grid_values,
-    markdown_table,
-    parse_grid,
-    reference_set,
-    run_sweep,
-    score,
-    summarize,
-    sweep_runs,
-)
+from diffbook.data.pixels import to_uint8
+from diffbook.experiments import Experiment
+from diffbook.experiments.report import summarize
+from diffbook.experiments.scoring import draw_samples, reference_set, score
+from diffbook.experiments.sweep import SweepRun, grid_values, parse_grid, run_sweep, sweep_runs, sweep_table
 
 TINY = ["train.steps=30", "train.log_every=10", "sample.steps=10", "train.batch_size=32"]
 
@@ -62,12 +54,12 @@ def _record(weight: str, seed: int, precision: float) -> dict:
 
 def test_summary_is_mean_and_sample_std_per_grid_point():
     records = [_record("0", 0, 0.5), _record("0.3", 0, 0.9), _record("0", 1, 0.7), _record("0.3", 1, 0.9)]
-    rows = summarize(records)
+    rows = summarize(records, group=("overrides",))
     assert [row["overrides"] for row in rows] == [["objective.weight=0"], ["objective.weight=0.3"]]
     assert rows[0]["precision"] == pytest.approx((0.6, math.sqrt(0.02)))
     assert rows[1]["precision"] == (pytest.approx(0.9), 0.0) and rows[1]["seeds"] == 2
     assert grid_values(rows, "objective.weight") == [0, 0.3]
-    table = markdown_table(rows).splitlines()
+    table = sweep_table(rows).splitlines()
     assert table[0] == "| objective.weight | seeds | precision | train_seconds |"
     assert table[2] == "| 0 | 2 | 0.600 ± 0.141 | 1.000 ± 0.000 |"
 
@@ -82,7 +74,7 @@ def test_sweep_writes_every_run_and_resumes_without_retraining(tmp_path):
         assert torch.load(run_dir / "samples.pt").shape == (200, 2)
         scores = {"precision", "recall", "density", "coverage", "sliced_wasserstein", "pairwise_w1"}
         assert set(record["metrics"]) == scores
-    assert load_config(tmp_path / records[1]["run"] / "config.yaml")["objective"]["weight"] == 0.3
+    assert read_config(tmp_path / records[1]["run"] / "config.yaml")["objective"]["weight"] == 0.3
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/checkpoint.pt")}
     again = run_sweep("toy/iso", grid, [0], tmp_path, TINY, num_samples=200, progress=False)
     assert again == records and stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/checkpoint.pt")}
@@ -108,7 +100,7 @@ def test_a_bad_key_fails_before_any_run(tmp_path):
 
 
 def test_toy_reference_is_a_fresh_draw_and_scores_itself_perfectly():
-    cfg = load_config("toy/iso")
+    cfg = Experiment.load("toy/iso")
     reference = reference_set(cfg, seed=0, count=500)
     assert reference.shape == (500, 2) and not torch.equal(reference, reference_set(cfg, seed=1, count=500))
     results = score(cfg, reference.clone(), reference)
@@ -117,7 +109,7 @@ def test_toy_reference_is_a_fresh_draw_and_scores_itself_perfectly():
 
 
 def test_digits_real_images_score_as_perfect_samples():
-    cfg = load_config("digits/iso")
+    cfg = Experiment.load("digits/iso")
     reference = reference_set(cfg, seed=0)
     images, _ = stack_dataset(load_image_dataset("digits", resolution=16))
     assert torch.equal(reference, torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2))
@@ -135,17 +127,17 @@ def test_cli_sweep_prints_the_table(tmp_path, capsys):
 
 
 def test_a_class_conditional_model_samples_every_class_in_turn():
-    cfg = load_config("toy/iso", ["network.overrides.num_classes=3", "sample.steps=2"])
-    model = build_model(cfg)
+    cfg = Experiment.load("toy/iso", ["network.overrides.num_classes=3", "sample.steps=2"])
+    model = cfg.build_model()
     seen: list[torch.Tensor] = []
     model.net.register_forward_pre_hook(lambda net, args: seen.append(args[2].clone()))
-    samples = generate_samples(model, cfg, count=10, seed=0, batch=4)
+    samples = draw_samples(model, cfg, count=10, seed=0, batch_size=4)
     assert samples.shape == (10, 2)
     chunks = [torch.tensor(labels) for labels in ([0, 1, 2, 0], [1, 2, 0, 1], [2, 0])]
     assert all(any(torch.equal(labels, chunk) for chunk in chunks) for labels in seen)
     assert {tuple(labels.tolist()) for labels in seen} == {tuple(chunk.tolist()) for chunk in chunks}
-    unconditional = build_model(load_config("toy/iso", ["sample.steps=2"]))
+    unconditional = Experiment.load("toy/iso", ["sample.steps=2"]).build_model()
     calls: list[tuple] = []
     unconditional.net.register_forward_pre_hook(lambda net, args: calls.append(args))
-    generate_samples(unconditional, load_config("toy/iso", ["sample.steps=2"]), count=4, seed=0)
+    draw_samples(unconditional, Experiment.load("toy/iso", ["sample.steps=2"]), count=4, seed=0)
     assert calls and all(len(args) < 3 or args[2] is None for args in calls)

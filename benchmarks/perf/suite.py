@@ -43,14 +43,14 @@ from benchmarks.perf.peers import (
     unet_differences,
 )
 from benchmarks.perf.synthetic import cifar10_checksums, digits_images, patched, random_cifar10, write_png_folder
-from diffbook.config import ImagesOnly
 from diffbook.data import load_image_dataset
+from diffbook.data.sources import ImagesOnly
 from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.nets import UNet, unet_preset
 from diffbook.nets.diffit import LatentDiffiT, latent_diffit_preset
 from diffbook.nets.dit import DiT, DiTConfig, dit_preset
 from diffbook.runtime.precision import AUTOCAST_DTYPES
-from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
+from diffbook.samplers import DDIMOptions, Sampler
 from diffbook.train.trainer import EpochBatches
 
 
@@ -370,24 +370,23 @@ def sampler_rows(settings: Settings, scale: Scale) -> Iterator[Row]:
     noise = torch.randn(scale.sampler_batch, 3, 32, 32, device=device)
     ddpm, edm = DDPM(), EDM()
     vp_denoiser, edm_denoiser = Denoiser(free, ddpm), Denoiser(free, edm)
-    edm_levels, vp_levels = karras_sigmas(18), karras_sigmas(18, ddpm.sigma_min, ddpm.sigma_max)
     ddim, euler, heun = (
         diffusers_scheduler(kind, process) for kind, process in (("ddim", ddpm), ("edm-euler", edm), ("heun", ddpm))
     )
     cases = {  # name: (network evaluations, ours, the peer's)
         "DDIM, 50 steps": (
             50,
-            lambda: ddim_sample(vp_denoiser, ddpm, noise, 50, spacing="leading"),
+            lambda: Sampler("ddim", 50, DDIMOptions(spacing="leading"))(vp_denoiser, noise),
             lambda: run_scheduler(ddim, free, noise, 50),
         ),
         "EDM Euler, 18 steps": (
             18,
-            lambda: edm_sample(edm_denoiser, noise, edm_levels, "euler"),
+            lambda: Sampler("euler", 18)(edm_denoiser, noise),
             lambda: run_scheduler(euler, free, noise, 18),
         ),
         "EDM Heun, 18 steps (35 NFE) on DDPM's levels": (
             35,
-            lambda: edm_sample(vp_denoiser, noise, vp_levels, "heun"),
+            lambda: Sampler("heun", 18)(vp_denoiser, noise),  # Karras levels over DDPM's range
             lambda: run_scheduler(heun, free, noise, 18),
         ),
     }
@@ -471,8 +470,8 @@ def evaluation_rows(settings: Settings, scale: Scale) -> Iterator[Row]:
 
 
 def _evaluation_rows(settings: Settings, scale: Scale, root: Path) -> Iterator[Row]:
+    from diffbook.data.pixels import read_image_folder
     from diffbook.metrics.features import extract_features, fid_from_features, load_digits_feature_net
-    from diffbook.sampling import load_samples
 
     samples = write_png_folder(root / "samples", digits_images(scale.eval_images, seed=1))
     reference = write_png_folder(root / "reference", digits_images(1797, seed=2))
@@ -480,7 +479,7 @@ def _evaluation_rows(settings: Settings, scale: Scale, root: Path) -> Iterator[R
     fids = {}
 
     def ours() -> None:
-        features = [extract_features(net, load_samples(folder))[0] for folder in (samples, reference)]
+        features = [extract_features(net, read_image_folder(folder))[0] for folder in (samples, reference)]
         fids["ours"] = fid_from_features(*features)
 
     def peer() -> None:

@@ -79,7 +79,7 @@ def patched(owner: object, attributes: Mapping[str, object]) -> Iterator[None]:
 def digits_images(count: int, resolution: int = 16, seed: int = 0) -> torch.Tensor:
     """``count`` digits ``(count, 1, R, R)`` uint8: scikit-learn's 1,797, repeated, each shifted by up to a pixel
     each way, so that a large set is not one small set many times over."""
-    from diffbook.sampling import to_uint8
+    from diffbook.data.pixels import to_uint8
 
     images, _ = stack_dataset(load_image_dataset("digits", resolution=resolution))
     generator = torch.Generator().manual_seed(seed)
@@ -91,7 +91,7 @@ def digits_images(count: int, resolution: int = 16, seed: int = 0) -> torch.Tens
 
 def write_png_folder(folder: str | Path, images: torch.Tensor) -> Path:
     """``images: (N, C, H, W)`` uint8 as ``folder/{k:06d}.png``, as ``python -m diffbook sample`` writes them."""
-    from diffbook.sampling import write_pngs
+    from diffbook.data.pixels import write_pngs
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

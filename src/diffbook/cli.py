@@ -5,20 +5,21 @@
 - ``exercises [--src notebooks] [--out exercises]``: write the students' copies of the notebooks;
   ``exercises --check NOTEBOOK...`` runs notebooks and prints PASS or FAIL per exercise (exit 1 on a failure).
 - ``train --config NAME [key=value ...] [--run-dir DIR] [--dry-run]``: train from a config (see
-  :mod:`diffbook.config`); resumes from ``DIR/checkpoint.pt`` when there is one.
-- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9] [--vae ID]``:
-  one image per seed, the same whatever the batch size or number of processes (see :mod:`diffbook.sampling`);
-  a latent model's samples are decoded by the VAE.
+  :mod:`diffbook.experiments.experiment`); resumes from ``DIR/checkpoint.pt`` when there is one.
+- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9] [--vae ID]
+  [key=value ...] [--dry-run]``: one image per seed, the same whatever the batch size or number of processes
+  (see :mod:`diffbook.experiments.sampling`), with the run's config overridden (``sample.steps=50``,
+  ``sample.sampler=ddim``); a latent model's samples are decoded by the VAE.
 - ``evaluate --samples DIR --ref NAME|DIR [--metrics fid,kid,is,prdc] [--features digits|inception] [--out JSON]``:
   feature-space metrics of samples against a dataset of the registry, a folder of images, or (``--ref-stats``)
   clean-fid's precomputed Inception statistics.
 - ``train-feature-net digits [--out PATH] [--steps N]``: train the digits feature network that ``evaluate`` uses.
 - ``sweep --config NAME --grid KEY=V1,V2 [--grid ...] --seeds 0-2 --out DIR [--samples N] [--jobs J] [key=value ...]``:
   one model per grid point and seed, trained, sampled and scored; ``DIR/table.md`` holds mean +- std per point
-  (see :mod:`diffbook.sweep`). Finished runs are not redone.
+  (see :mod:`diffbook.experiments.sweep`). Finished runs are not redone.
 - ``benchmark --suite toy|digits [--seeds 3] [--out DIR] [--jobs 2]``: the comparison chapter's suite, every
   method and combination on the same data, metrics and seeds, at the active profile's scale; writes
-  ``DIR/results.json``, ``table.md`` and ``comparison.png`` (see :mod:`diffbook.comparison`). Resumable.
+  ``DIR/results.json``, ``table.md`` and ``comparison.png`` (see :mod:`diffbook.experiments.comparison`). Resumable.
 - ``precompute-latents --root DIR --out DIR [--data imagefolder] [--resolution 256] [--vae ID|PATH] [--flip]``:
   encode a dataset once with Stable Diffusion's VAE, for the latent models' configs (``data.name: latents``).
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 
 def _notebooks(args: argparse.Namespace) -> int:
-    from diffbook.notebooks import execute_notebooks, expand_notebook_paths
+    from diffbook.booktools.runner import execute_notebooks, expand_notebook_paths
 
     paths = expand_notebook_paths(args.paths)
     if not paths:
@@ -58,7 +59,7 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 
 def _exercises(args: argparse.Namespace) -> int:
-    from diffbook.notebooks import grade, write_student_copies
+    from diffbook.booktools.exercises import grade, write_student_copies
 
     if not args.check:
         written = write_student_copies(args.src, args.out)
@@ -74,22 +75,14 @@ def _exercises(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from diffbook.config import (
-        build_dataset,
-        build_model,
-        build_objective,
-        build_train_config,
-        load_config,
-        load_init_weights,
-        to_yaml,
-    )
+    from diffbook.experiments import Experiment
 
-    cfg = load_config(args.config, args.overrides)
+    experiment = Experiment.load(args.config, args.overrides)
     if args.dry_run:
-        print(to_yaml(cfg), end="")
+        print(experiment.to_yaml(), end="")
         return 0
+    from diffbook.experiments.sampling import preview_fn
     from diffbook.runtime import cleanup, init_distributed
-    from diffbook.sampling import preview_fn
     from diffbook.train import Trainer
 
     run_dir = Path(args.run_dir or default_run_dir(args.config))
@@ -97,10 +90,11 @@ def _train(args: argparse.Namespace) -> int:
     try:
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        model = load_init_weights(build_model(cfg), cfg).to(context.device)
-        objective, dataset, config = build_objective(cfg, model), build_dataset(cfg), build_train_config(cfg)
-        Trainer(model, objective, dataset, config, run_dir, preview_fn(cfg), desc=str(args.config)).fit()
+            (run_dir / "config.yaml").write_text(experiment.to_yaml())
+        model = experiment.initial_model().to(context.device)
+        objective, dataset = experiment.build_objective(model), experiment.build_dataset()
+        preview = preview_fn(experiment)
+        Trainer(model, objective, dataset, experiment.train, run_dir, preview, desc=str(args.config)).fit()
     finally:
         cleanup()
     if context.is_main:
@@ -115,12 +109,17 @@ def default_run_dir(config: str) -> Path:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from diffbook.sampling import parse_int_ranges, sample_to_dir
+    from diffbook.experiments import run_config
+    from diffbook.experiments.sampling import SampleRequest, parse_int_ranges, sample_to_dir
 
+    experiment = run_config(args.ckpt, args.config, args.overrides)
+    if args.dry_run:
+        print(experiment.to_yaml(), end="")
+        return 0
     seeds = parse_int_ranges(args.seeds)
     labels = parse_int_ranges(args.class_labels, "class labels") if args.class_labels else None
-    device = args.device or _default_device()
-    npz = sample_to_dir(args.ckpt, args.out, seeds, args.batch, args.config, labels, device, vae=args.vae)
+    request = SampleRequest(seeds, args.batch, labels, args.device or _default_device(), args.vae)
+    npz = sample_to_dir(args.ckpt, experiment, args.out, request)
     print(f"Wrote samples to {args.out}/ ({npz.name})")
     return 0
 
@@ -134,11 +133,11 @@ def _default_device() -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from diffbook.data.pixels import read_image_folder
     from diffbook.metrics.features import extract_features, feature_metrics, metrics_needing_reference_features
-    from diffbook.sampling import load_samples
 
     metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    samples = load_samples(args.samples)
+    samples = read_image_folder(args.samples)
     net = _feature_net(args.features, args.ref_stats)
     sample_features, sample_logits = extract_features(net, samples, args.batch)
     reference_features, reference_statistics = None, None
@@ -180,10 +179,10 @@ def _feature_net(features: str, mode: str | None):
 
 def _reference_images(args: argparse.Namespace, samples: Tensor) -> Tensor:
     """``--ref`` as uint8 images at the samples' resolution and channels: a folder, or a registry dataset."""
-    from diffbook.sampling import load_reference, load_samples
+    from diffbook.data.pixels import load_reference, read_image_folder
 
     if Path(args.ref).is_dir():
-        return load_samples(args.ref)
+        return read_image_folder(args.ref)
     return load_reference(args.ref, samples.shape[-1], samples.shape[1], args.ref_root, args.ref_split)
 
 
@@ -205,8 +204,8 @@ def _train_feature_net(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from diffbook.sampling import parse_int_ranges
-    from diffbook.sweep import parse_grid, run_sweep
+    from diffbook.experiments.sampling import parse_int_ranges
+    from diffbook.experiments.sweep import parse_grid, run_sweep
 
     seeds = parse_int_ranges(args.seeds)
     records = run_sweep(args.config, parse_grid(args.grid), seeds, args.out, args.overrides, args.samples, args.jobs)
@@ -216,7 +215,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from diffbook.comparison import run_suite, suite
+    from diffbook.experiments.comparison import run_suite
+    from diffbook.experiments.suites import suite
 
     chosen = suite(args.suite, args.seeds)
     out = Path(args.out or f"runs/comparison-{args.suite}-{current_profile()}")
@@ -228,7 +228,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _precompute_latents(args: argparse.Namespace) -> int:
     from diffbook.data import load_image_dataset
-    from diffbook.latents import SD_VAE, load_vae, precompute_latents
+    from diffbook.experiments.latents import precompute_latents
+    from diffbook.nets.vae import SD_VAE, load_vae
 
     dataset = load_image_dataset(args.data, root=args.root, split=args.split, resolution=args.resolution, channels=3)
     name = args.vae or SD_VAE
@@ -239,15 +240,16 @@ def _precompute_latents(args: argparse.Namespace) -> int:
 
 
 def _import_dit(args: argparse.Namespace) -> int:
-    from diffbook.config import build_process, load_config, network_config
     from diffbook.diffusion import Denoiser
+    from diffbook.experiments import Experiment
     from diffbook.nets.convert_dit import load_released_dit
     from diffbook.train import save_checkpoint
 
-    cfg = load_config(args.config, args.overrides)
-    if cfg["network"]["kind"] != "dit":
-        raise ValueError(f"{args.config} has network.kind {cfg['network']['kind']!r}; import-dit needs a dit config")
-    model = Denoiser(load_released_dit(args.weights, network_config(cfg)), build_process(cfg))
+    experiment = Experiment.load(args.config, args.overrides)
+    if experiment.network.kind != "dit":
+        raise ValueError(f"{args.config} has network.kind {experiment.network.kind!r}; import-dit needs a dit config")
+    network = load_released_dit(args.weights, experiment.network.config())
+    model = Denoiser(network, experiment.build_model().process)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None}, out)
@@ -313,6 +315,10 @@ def _add_sample(commands) -> None:
     sample.add_argument("--class-labels", default=None, help="labels cycled by seed, e.g. 0-9: seed k gets k %% 10")
     sample.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
     sample.add_argument("--vae", default=None, help="latent models: the decoder's id or folder (default: the SD VAE)")
+    sample.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the run's config, e.g. sample.steps=50"
+    )
+    sample.add_argument("--dry-run", action="store_true", help="print the resolved config as YAML and exit")
     sample.set_defaults(run=_sample)
 
 

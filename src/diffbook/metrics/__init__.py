@@ -2,7 +2,7 @@
 
 from diffbook.metrics.fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 from diffbook.metrics.inception_score import inception_score
-from diffbook.metrics.isotropy import forward_isotropy, isotropy, isotropy_per_sample, predicted_noise_isotropy
+from diffbook.metrics.isotropy import forward_isotropy, isotropy, predicted_noise_isotropy
 from diffbook.metrics.prdc import prdc
 from diffbook.metrics.toy import mmd_rbf, negative_log_likelihood, pairwise_distance_w1, sliced_wasserstein
 
@@ -13,7 +13,6 @@ __all__ = [
     "frechet_distance",
     "inception_score",
     "isotropy",
-    "isotropy_per_sample",
     "kernel_inception_distance",
     "mmd_rbf",
     "negative_log_likelihood",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.data import load_image_dataset, stack_dataset
+from diffbook.data.pixels import to_uint8, uint8_to_unit
 from diffbook.metrics.fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 from diffbook.metrics.inception_score import inception_score
 from diffbook.metrics.prdc import prdc
@@ -131,11 +132,6 @@ def load_digits_feature_net(path: str | Path | None = None) -> DigitsFeatureNet:
     net = DigitsFeatureNet()
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval()
-
-
-def uint8_to_unit(images: Tensor) -> Tensor:
-    """``(B, C, H, W)`` uint8 in [0, 255] -> float32 in [-1, 1], the inverse of the package's quantisation."""
-    return (images.float() - 127.5) / 127.5
 
 
 @torch.no_grad()
@@ -301,9 +297,8 @@ def digits_scores(samples: Tensor, reference: Tensor, labels: Tensor | None = No
     """FID and PRDC (k = 5) on the digits feature network, and :func:`class_agreement` with ``labels``.
 
     ``samples: (N, 1, 16, 16)`` in [-1, 1], quantised to uint8 as saved images are; ``reference: (M, 1, 16, 16)``
-    uint8 (e.g. :func:`diffbook.sampling.load_reference`); ``labels: (N,)`` the classes the samples were drawn for.
+    uint8 (e.g. :func:`diffbook.data.pixels.load_reference`); ``labels: (N,)`` the classes the samples were drawn for.
     """
-    from diffbook.sampling import to_uint8  # sampling imports the configs, which need not load with the metrics
 
     net = load_digits_feature_net()
     fake = torch.from_numpy(to_uint8(samples)).permute(0, 3, 1, 2)

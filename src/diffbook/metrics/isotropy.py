@@ -12,13 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-
-def isotropy_per_sample(z: Tensor) -> Tensor:
-    """``||z_i||^2 / n`` for each sample of ``z: (B, ...)``, with ``n`` the number of entries per sample: (B,).
-
-    Accumulated in float64 so that large images do not lose precision; returned in ``z``'s dtype.
-    """
-    return z.reshape(len(z), -1).double().square().mean(dim=1).to(z.dtype)
+from diffbook.objectives.iso import isotropy_per_sample
 
 
 def isotropy(z: Tensor) -> float:

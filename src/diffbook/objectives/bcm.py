@@ -35,6 +35,7 @@ from torch.func import functional_call
 from diffbook.diffusion.consistency import BidirectionalConsistency
 from diffbook.diffusion.parametrization import append_dims
 from diffbook.objectives.denoising import split_batch
+from diffbook.objectives.registry import OBJECTIVES
 
 HUBER_SCALE = 0.00054  # iCT: c = 0.00054 sqrt(dim), 0.03 for CIFAR-10
 
@@ -234,3 +235,6 @@ class BCMLoss:
             "sigma": t.detach(),
             "u": u.detach() if u is not None else torch.full_like(t, sigma_min),
         }
+
+
+OBJECTIVES.register("bcm", BCMLoss)

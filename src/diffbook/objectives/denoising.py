@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffbook.diffusion.denoiser import Denoiser
 from diffbook.diffusion.parametrization import append_dims, vp_coefficients
+from diffbook.objectives.registry import OBJECTIVES
 
 
 def split_batch(batch: Tensor | tuple | list) -> tuple[Tensor, Tensor | None]:
@@ -86,3 +87,6 @@ def drop_labels(
 
 def _device(generator: torch.Generator | None, like: Tensor) -> torch.device:
     return generator.device if generator is not None else like.device
+
+
+OBJECTIVES.register("denoising", DenoisingLoss)

@@ -22,11 +22,19 @@ import torch
 from torch import Tensor
 
 from diffbook.diffusion.denoiser import Denoiser
-from diffbook.metrics.isotropy import isotropy_per_sample
 from diffbook.objectives.denoising import DenoisingLoss
+from diffbook.objectives.registry import OBJECTIVES, ObjectiveContext, base_objective
 
 PenaltyForm = Literal["batch", "sample"]
 PENALTY_FORMS: tuple[str, ...] = ("batch", "sample")
+
+
+def isotropy_per_sample(z: Tensor) -> Tensor:
+    """``||z_i||^2 / n`` for each sample of ``z: (B, ...)``, with ``n`` the number of entries per sample: (B,).
+
+    Accumulated in float64 so that large images do not lose precision; returned in ``z``'s dtype.
+    """
+    return z.reshape(len(z), -1).double().square().mean(dim=1).to(z.dtype)
 
 
 def isotropy_penalty(eps_pred: Tensor, form: PenaltyForm = "batch") -> Tensor:
@@ -75,3 +83,21 @@ class IsoLoss:
             "penalty": penalty.detach(),
             "isotropy": isotropy_per_sample(out["eps_pred"].detach()),
         }
+
+
+@dataclass(frozen=True)
+class IsoOptions:
+    """The ``objective`` section of ``kind: iso``: the penalty's weight and form, over ``base``."""
+
+    weight: float = 0.0
+    form: str = "batch"
+    label_dropout: float = 0.0
+    base: str | dict = "denoising"
+
+
+def build_iso(options: IsoOptions, context: ObjectiveContext) -> IsoLoss:
+    base = base_objective(options.base, options.label_dropout, context, "objective.base")
+    return IsoLoss(options.weight, options.form, base)
+
+
+OBJECTIVES.register("iso", IsoOptions, build_iso)

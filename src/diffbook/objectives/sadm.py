@@ -39,6 +39,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from diffbook.diffusion.denoiser import Denoiser
 from diffbook.objectives.denoising import DenoisingLoss, split_batch
+from diffbook.objectives.registry import OBJECTIVES, ObjectiveContext, base_objective
 from diffbook.runtime.distributed import all_gather_with_grad
 
 Affinity = Literal["cosine", "euclidean"]
@@ -274,3 +275,51 @@ class SADMLoss:
 
     def _encoder_input(self, x: Tensor) -> Tensor:
         return x if self.to_encoder_input is None else self.to_encoder_input(x)
+
+
+SADM_INPUT_SPACES = ("data", "pixels")
+
+
+@dataclass(frozen=True)
+class SADMOptions:
+    """The ``objective`` section of ``kind: sadm``: :class:`SADMLoss`'s settings, its structure encoder, and the
+    space the encoder sees. ``encoder`` defaults to points for points and images for images (the latent encoder
+    for latents); ``input_space: pixels`` decodes a latent model's samples with the frozen VAE ``vae`` first."""
+
+    weight: float = 0.3
+    affinity: str = "cosine"
+    mismatch: str = "l1"
+    gate: float | None = None
+    weighting: str = "uniform"
+    adversary_lr: float = 1e-4
+    adversary_steps: int = 1
+    encoder: str | None = None
+    encoder_width: int | None = None
+    feature_dim: int | None = None
+    input_space: str = "data"
+    vae: str | None = None
+    base: str | dict = "denoising"
+    label_dropout: float = 0.0
+
+
+def build_sadm(options: SADMOptions, context: ObjectiveContext) -> SADMLoss:
+    base = base_objective(options.base, options.label_dropout, context, "objective.base")
+    if options.input_space not in SADM_INPUT_SPACES:
+        raise ValueError(
+            f"objective.input_space must be one of {', '.join(SADM_INPUT_SPACES)}, got {options.input_space!r}"
+        )
+    shape, to_encoder_input = context.sample_shape, None
+    if options.input_space == "pixels":
+        from diffbook.nets.vae import SD_VAE, VAEDecoder, load_vae  # diffusers, only for this route
+
+        to_encoder_input = VAEDecoder(load_vae(options.vae or SD_VAE))
+        shape = (3, *(8 * size for size in shape[1:]))
+    kind = options.encoder or ("points" if len(shape) == 1 else "images")
+    encoder = structure_encoder(kind, shape, options.encoder_width, options.feature_dim)
+    return SADMLoss(
+        encoder, options.weight, options.affinity, options.mismatch, options.gate, options.weighting,  # type: ignore[arg-type]
+        options.adversary_lr, options.adversary_steps, base, to_encoder_input,
+    )  # fmt: skip
+
+
+OBJECTIVES.register("sadm", SADMOptions, build_sadm)

@@ -37,6 +37,7 @@ from diffbook.diffusion.denoiser import Denoiser, vp_scalings
 from diffbook.diffusion.parametrization import append_dims, vp_coefficients
 from diffbook.nets.features import middle_block_encoder
 from diffbook.objectives.denoising import drop_labels, split_batch
+from diffbook.objectives.registry import OBJECTIVES, ObjectiveContext
 
 Form = Literal["paper", "same_noise"]
 FORMS: tuple[str, ...] = ("paper", "same_noise")
@@ -175,3 +176,23 @@ class SelfPerceptualLoss:
 
 def _vp_coefficients(sigma: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     return tuple(append_dims(c, like.ndim) for c in vp_coefficients(sigma.to(like.dtype)))
+
+
+@dataclass(frozen=True)
+class SelfPerceptualOptions:
+    """The ``objective`` section of ``kind: self_perceptual``; the frozen network is the model being trained,
+    as it is when the objective is built (its initial weights loaded)."""
+
+    form: str = "paper"
+    label_dropout: float = 0.0
+    mse_weight: float = 0.0
+
+
+def build_self_perceptual(options: SelfPerceptualOptions, context: ObjectiveContext) -> SelfPerceptualLoss:
+    model = context.require_model("self_perceptual")
+    return SelfPerceptualLoss.from_model(
+        model, form=options.form, label_dropout=options.label_dropout, mse_weight=options.mse_weight
+    )
+
+
+OBJECTIVES.register("self_perceptual", SelfPerceptualOptions, build_self_perceptual)

@@ -25,6 +25,7 @@ from diffbook.diffusion.ddpm import DDPM
 from diffbook.diffusion.denoiser import Denoiser
 from diffbook.diffusion.parametrization import append_dims, vp_coefficients
 from diffbook.objectives.denoising import drop_labels, split_batch
+from diffbook.objectives.registry import OBJECTIVES
 
 
 def normal_kl(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var2: Tensor) -> Tensor:
@@ -112,3 +113,6 @@ class HybridLoss:
             "vb": vb.detach(),
             "sigma": sigma.detach(),
         }
+
+
+OBJECTIVES.register("hybrid", HybridLoss)

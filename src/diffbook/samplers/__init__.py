@@ -1,7 +1,7 @@
 """Samplers: DDPM ancestral and DDIM on a discrete schedule; EDM's Euler and Heun on any denoiser; jumps of a
-(bidirectional) consistency model."""
+(bidirectional) consistency model; one table from a sampler's name to it, and one seeded loop over them."""
 
-from diffbook.samplers.common import DenoiserFn, SamplerOutput
+from diffbook.samplers.common import DenoiserFn, NoiseSource, RowNoise, SamplerOutput
 from diffbook.samplers.consistency import (
     INVERSIONS,
     MULTISTEP_LEVELS,
@@ -17,8 +17,31 @@ from diffbook.samplers.consistency import (
 from diffbook.samplers.ddpm import ancestral_variance, ddim_sample, ddpm_sample, timesteps
 from diffbook.samplers.edm import edm_sample, karras_sigmas, ode_flow
 from diffbook.samplers.guidance import GuidedDenoiser, guide, power_cosine_scale
+from diffbook.samplers.registry import (
+    SAMPLERS,
+    ConsistencyOptions,
+    DDIMOptions,
+    DDPMOptions,
+    EDMOptions,
+    GuidanceOptions,
+    Sampler,
+)
+from diffbook.samplers.seeded import generate, sample_count, sample_seeds, seed_generators
 
 __all__ = [
+    "SAMPLERS",
+    "ConsistencyOptions",
+    "DDIMOptions",
+    "DDPMOptions",
+    "EDMOptions",
+    "GuidanceOptions",
+    "NoiseSource",
+    "RowNoise",
+    "Sampler",
+    "generate",
+    "sample_count",
+    "sample_seeds",
+    "seed_generators",
     "INVERSIONS",
     "MULTISTEP_LEVELS",
     "SCHEDULES",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -83,7 +83,50 @@ class TrajectoryRecorder:
         return SamplerOutput(samples, nfe, self.states, self.sigmas if self.states is not None else [])
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its own device."""
+class RowNoise:
+    """The noise a stochastic sampler adds, drawn for each row of the batch from that row's own generator.
+
+    Row ``k``'s noise depends on ``generators[k]`` alone, so a sample is the same whatever batch it is in. Each
+    generator is drawn in blocks of ``block`` calls' worth, ``(block, *row_shape)`` at a time: one generator call
+    per row every ``block`` sampler steps rather than every step, which keeps a batch of thousands fast.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], block: int = 32) -> None:
+        self.generators, self.block = list(generators), block
+        self._buffer: Tensor | None = None
+        self._next = 0
+
+    def draw(self, like: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``like: (B, ...)``, ``B = len(generators)``, on its device."""
+        if len(like) != len(self.generators):
+            raise ValueError(f"RowNoise has {len(self.generators)} generators for a batch of {len(like)}")
+        buffer = self._buffer
+        if (
+            buffer is None
+            or buffer.shape[2:] != like.shape[1:]
+            or buffer.dtype != like.dtype
+            or self._next == self.block
+        ):
+            buffer = self._buffer = self._refill(like)
+            self._next = 0
+        self._next += 1
+        return buffer[:, self._next - 1].to(like.device)
+
+    def _refill(self, like: Tensor) -> Tensor:
+        shape = (self.block, *like.shape[1:])
+        return torch.stack(
+            [torch.randn(shape, generator=g, device=g.device, dtype=like.dtype) for g in self.generators]
+        )
+
+
+NoiseSource = torch.Generator | RowNoise | None
+"""Where a sampler draws the noise it adds after the initial one: one generator for the batch, or one per row."""
+
+
+def randn_like(x: Tensor, generator: NoiseSource) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` on its own device (per row for
+    :class:`RowNoise`)."""
+    if isinstance(generator, RowNoise):
+        return generator.draw(x)
     gen_device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)

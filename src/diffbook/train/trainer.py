@@ -26,13 +26,13 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from diffbook.data.grid import save_image_grid
 from diffbook.profiles import seed_everything
 from diffbook.runtime.distributed import all_gather_objects, all_reduce_mean, current_context, wrap_ddp
 from diffbook.runtime.precision import AUTOCAST_DTYPES, autocast_dtype
 from diffbook.runtime.progress import progress_bar
 from diffbook.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from diffbook.train.ema import EMA, ema_decay
-from diffbook.viz import save_image_grid
 
 Objective = Callable[..., dict[str, Tensor]]
 SampleFn = Callable[[nn.Module, int], Tensor | None]

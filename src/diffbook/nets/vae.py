@@ -1,9 +1,10 @@
-"""Latent diffusion's autoencoder: Stable Diffusion's VAE through diffusers, and latents computed once.
+"""Latent diffusion's autoencoder: Stable Diffusion's VAE through diffusers.
 
 DiT and the latent DiffiT diffuse the 8x-downsampled latents of ``stabilityai/sd-vae-ft-ema`` (4 channels,
-32 x 32 for 256 x 256 images), multiplied by 0.18215 so that they have roughly unit variance. Encoding an
-image costs more than a training step of a small model, so :func:`precompute_latents` encodes a dataset once
-into a folder that :class:`~diffbook.data.latents.LatentDataset` reads (``python -m diffbook precompute-latents``).
+32 x 32 for 256 x 256 images), multiplied by 0.18215 so that they have roughly unit variance. Encoding an image
+costs more than a training step of a small model, so
+:func:`~diffbook.experiments.latents.precompute_latents` encodes a dataset once into a folder that
+:class:`~diffbook.data.latents.LatentDataset` reads (``python -m diffbook precompute-latents``).
 
 Nothing is downloaded unless asked for (``download=True``, ``--download``): a missing VAE raises an error that
 names the model id and where to put its files on an offline machine.
@@ -11,17 +12,11 @@ names the model id and where to put its files on an offline machine.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-
-from diffbook.data.latents import LABELS_FILE, LATENTS_FILE, META_FILE
-from diffbook.runtime.progress import progress_bar
 
 SD_VAE = "stabilityai/sd-vae-ft-ema"
 SD_LATENT_SCALE = 0.18215  # Rombach et al. 2022; DiT and DiffiT multiply the VAE's latents by it
@@ -89,52 +84,3 @@ class VAEDecoder(nn.Module):
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.vae.to(latents.device).decode(latents / SD_LATENT_SCALE).sample
-
-
-def precompute_latents(
-    vae: nn.Module,
-    dataset: Dataset,
-    out_dir: str | Path,
-    batch_size: int = 64,
-    flip: bool = False,
-    seed: int = 0,
-    vae_name: str = SD_VAE,
-) -> Path:
-    """Encode every ``(image, label)`` of ``dataset`` into ``out_dir``; returns ``out_dir``.
-
-    Writes ``latents.npy`` ``(N, 4, h, w)`` float16 (memory-mapped while it is written, so ImageNet need not fit
-    in memory), ``labels.npy`` ``(N,)`` int64, and ``meta.json``. With ``flip`` the mirrored images follow as
-    items ``N .. 2N-1``, the precomputed form of DiT's random flips. Latents are drawn with ``seed``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(vae.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    n = len(dataset)
-    copies = 2 if flip else 1
-    latents, labels = None, np.empty(copies * n, dtype=np.int64)
-    start = 0
-    for images, targets in progress_bar(loader, desc="encode"):
-        for copy in range(copies):
-            z = encode(vae, (images.flip(-1) if copy else images).to(device), generator).cpu()
-            if latents is None:
-                latents = np.lib.format.open_memmap(
-                    out_dir / LATENTS_FILE, mode="w+", dtype=np.float16, shape=(copies * n, *z.shape[1:])
-                )
-            rows = slice(copy * n + start, copy * n + start + len(z))
-            latents[rows] = z.to(torch.float16).numpy()
-            labels[rows] = targets.numpy()
-        start += len(images)
-    latents.flush()
-    np.save(out_dir / LABELS_FILE, labels)
-    meta = {
-        "vae": vae_name,
-        "scale": SD_LATENT_SCALE,
-        "count": copies * n,
-        "shape": list(latents.shape[1:]),
-        "flipped_copies": flip,
-        "seed": seed,
-    }
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return out_dir
