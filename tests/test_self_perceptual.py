@@ -512,35 +512,63 @@ def _image_caption_folder(root):
         (root / f"{i}.txt").write_text(caption)
 
 
-def test_finetune_sd_trains_and_samples_a_tiny_random_model(tmp_path, capsys):
-    from diffbook.scripts import finetune_sd
+def _sd_overrides(weights, data) -> list[str]:
+    """The tiny model at 16 pixels; its VAE halves, so the latents are 8 x 8."""
+    return [
+        f"network.weights={weights}", f"data.root={data}", "data.resolution=16", "network.overrides.resolution=8",
+        "train.batch_size=2", "train.num_workers=0", "train.steps=2", "train.log_every=1", "train.precision=fp32",
+        "train.ema_halflife_images=100", "sample.steps=3",
+    ]  # fmt: skip
 
-    weights, data, out = tmp_path / "sd", tmp_path / "data", tmp_path / "run"
+
+def test_the_sd21_configs_train_export_and_sample_a_tiny_random_model(tmp_path, capsys):
+    weights, data, run = tmp_path / "sd", tmp_path / "data", tmp_path / "run"
     _tiny_stable_diffusion(weights)
     _image_caption_folder(data)
-    common = ["--weights", weights, "--data", data, "--resolution", 16, "--batch-size", 2, "--num-workers", 0]
-    common += ["--steps", 2, "--log-every", 1, "--precision", "fp32", "--ema-halflife-images", 100]
-    status = finetune_sd.main([str(a) for a in ["train", *common, "--out", out]])
+    overrides = _sd_overrides(weights, data)
+    status = cli_main(["train", "--config", "sd21/mse", "--run-dir", str(run), *overrides])
     assert status == 0, capsys.readouterr().err
-    assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
-    assert len((out / "log.jsonl").read_text().splitlines()) == 2
-    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["timestep_spacing"] == "trailing"
-    for scale, rescale in [(0.0, 0.0), (7.5, 0.7)]:
-        argv = ["sample", "--weights", weights, "--unet", out / "unet", "--prompt", "a red square", "--steps", 3]
-        argv += ["--resolution", 16, "--guidance-scale", scale, "--guidance-rescale", rescale]
-        assert finetune_sd.main([str(a) for a in [*argv, "--out", tmp_path / f"samples{scale}"]]) == 0
-        with Image.open(tmp_path / f"samples{scale}" / "prompt000-seed000000.png") as image:
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    assert cli_main(["export-diffusers", "--ckpt", str(run / "checkpoint.pt"), "--out", str(run)]) == 0
+    assert (run / "unet" / "config.json").is_file() and (run / "scheduler" / "scheduler_config.json").is_file()
+    scheduler = json.loads((run / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["timestep_spacing"], scheduler["prediction_type"]) == ("trailing", "v_prediction")
+    assert scheduler["rescale_betas_zero_snr"] is True
+    stage2 = [*overrides, f"network.overrides.unet={run / 'unet'}"]
+    assert cli_main(["train", "--config", "sd21/self_perceptual", "--run-dir", str(tmp_path / "sp"), *stage2]) == 0
+    for scale, rescale in [(1.0, 0.0), (7.5, 0.7)]:
+        argv = ["sample", "--ckpt", str(run / "checkpoint.pt"), "--prompt", "a red square", "--seeds", "0"]
+        argv += [
+            "--out",
+            str(tmp_path / f"samples{scale}"),
+            f"sample.cfg_scale={scale}",
+            f"sample.cfg_rescale={rescale}",
+        ]
+        assert cli_main(argv) == 0, capsys.readouterr().err
+        with Image.open(tmp_path / f"samples{scale}" / "000000.png") as image:
             assert image.size == (16, 16)
 
 
-def test_finetune_sd_explains_missing_weights_and_data(tmp_path, capsys):
-    from diffbook.scripts import finetune_sd
+def test_sd21_explains_missing_weights_data_and_prompts(tmp_path, capsys):
+    from diffbook.data.captions import image_caption_pairs
 
-    argv = ["train", "--weights", tmp_path / "nothing", "--data", tmp_path, "--out", tmp_path / "run"]
-    assert finetune_sd.main([str(a) for a in argv]) == 2
+    argv = ["train", "--config", "sd21/mse", "--run-dir", str(tmp_path / "run"), f"network.weights={tmp_path / 'no'}"]
+    assert cli_main([*argv, f"data.root={tmp_path}"]) == 2
     assert "stable-diffusion-2-1-base" in capsys.readouterr().err
+    weights = tmp_path / "sd"
+    _tiny_stable_diffusion(weights)
+    fresh = [
+        "train",
+        "--config",
+        "sd21/self_perceptual",
+        "--run-dir",
+        str(tmp_path / "sp"),
+        "network.overrides.unet=null",
+    ]
+    assert cli_main([*fresh, *_sd_overrides(weights, tmp_path / "none")]) == 2
+    assert "not found" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no images"):
-        finetune_sd.image_caption_pairs(tmp_path)
+        image_caption_pairs(tmp_path)
     (tmp_path / "0.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="caption"):
-        finetune_sd.image_caption_pairs(tmp_path)
+        image_caption_pairs(tmp_path)

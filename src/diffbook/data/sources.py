@@ -3,7 +3,10 @@
 - a toy set (:data:`~diffbook.data.TOY_DATASETS`): ``n`` points drawn with the run's seed;
 - an image dataset of the registry (:data:`~diffbook.data.IMAGE_DATASETS`): ``root``, ``split``,
   ``resolution`` and ``flip``;
-- ``latents``: a folder written by ``python -m diffbook precompute-latents``, as ``root``.
+- ``latents``: a folder written by ``python -m diffbook precompute-latents``, as ``root``;
+- ``image_captions``: images with ``.txt`` captions, for text-to-image fine-tuning (:mod:`diffbook.data.captions`).
+
+Each builds with the run's seed, whether the network takes labels, and the network's weights folder, if any.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffbook.config.schema import Registry
+from diffbook.data.captions import CAPTION_DATA, CaptionData
 from diffbook.data.images import IMAGE_DATASETS, load_image_dataset
 from diffbook.data.latents import LatentDataset
 from diffbook.data.toy2d import TOY_DATASETS, sample_toy
@@ -29,7 +33,7 @@ class ToyData:
     name: str
     n: int
 
-    def build(self, seed: int, labelled: bool) -> Tensor:
+    def build(self, seed: int, labelled: bool, weights: str | None = None) -> Tensor:
         return sample_toy(self.name, self.n, seed=seed)
 
 
@@ -43,7 +47,7 @@ class ImageData:
     resolution: int | None = None
     flip: bool = False
 
-    def build(self, seed: int, labelled: bool) -> Dataset:
+    def build(self, seed: int, labelled: bool, weights: str | None = None) -> Dataset:
         dataset = load_image_dataset(self.name, self.root, self.split, self.resolution, self.flip)
         return dataset if labelled else ImagesOnly(dataset)
 
@@ -55,7 +59,7 @@ class LatentData:
     name: str
     root: str
 
-    def build(self, seed: int, labelled: bool) -> Dataset:
+    def build(self, seed: int, labelled: bool, weights: str | None = None) -> Dataset:
         latents = LatentDataset(Path(self.root))
         return latents if labelled else ImagesOnly(latents)
 
@@ -73,9 +77,10 @@ class ImagesOnly(Dataset):
         return self.dataset[index][0]
 
 
-DATA = Registry[ToyData | ImageData | LatentData]("data", key="name")
+DATA = Registry[ToyData | ImageData | LatentData | CaptionData]("data", key="name")
 for _name in TOY_DATASETS:
     DATA.register(_name, ToyData)
 for _name in IMAGE_DATASETS:
     DATA.register(_name, ImageData)
 DATA.register(LATENT_DATA, LatentData)
+DATA.register(CAPTION_DATA, CaptionData)

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffbook.config import Config, apply_override, check_keys, parse_options, read_config, to_yaml
+from diffbook.data.captions import CAPTION_DATA, CaptionData
 from diffbook.data.sources import DATA, LATENT_DATA, ImageData, LatentData, ToyData
 from diffbook.diffusion import BCMProcess, BidirectionalConsistency, Denoiser
 from diffbook.diffusion.registry import PROCESSES
@@ -54,7 +55,7 @@ class Experiment:
     """
 
     config: Config
-    data: ToyData | ImageData | LatentData
+    data: ToyData | ImageData | LatentData | CaptionData
     network: NetworkOptions
     process: Any
     objective: Mapping[str, Any]
@@ -109,7 +110,7 @@ class Experiment:
     @property
     def is_latent(self) -> bool:
         """Whether the model diffuses VAE latents (its samples decode to images)."""
-        return self.data.name == LATENT_DATA
+        return self.data.name in (LATENT_DATA, CAPTION_DATA)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -164,7 +165,7 @@ class Experiment:
     def build_dataset(self) -> Tensor | Dataset:
         """Toy points ``(n, 2)`` drawn with ``train.seed``, or an image or latent dataset (labelled only for
         class-conditional networks) with items ``(C, R, R)``."""
-        return self.data.build(self.train.seed, labelled=self.num_classes > 0)
+        return self.data.build(self.train.seed, self.num_classes > 0, self.network.weights)
 
     def build_objective(self, model: Model | None = None) -> Callable[..., dict[str, Tensor]]:
         """The objective ``objective(model, batch, generator=None) -> dict(loss=..., ...)``.
@@ -172,7 +173,7 @@ class Experiment:
         Objectives built from the model being trained need ``model``, its initial weights already loaded
         (:meth:`initial_model`); the others ignore it.
         """
-        context = ObjectiveContext(model, self.sample_shape)  # type: ignore[arg-type]
+        context = ObjectiveContext(model, self.sample_shape, self.network.weights)  # type: ignore[arg-type]
         return build_objective(self.objective, context)
 
     def _check_resolution(self) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffbook.data.captions import CAPTION_DATA
 from diffbook.data.pixels import to_uint8, write_pngs
 from diffbook.diffusion import Denoiser
 from diffbook.experiments.experiment import Experiment
@@ -77,14 +78,16 @@ def preview_fn(experiment: Experiment, count: int = 64) -> Callable[[Denoiser, i
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """What to sample: ``seeds``, ``batch_size`` images at a time, ``class_labels`` cycled by seed (None:
-    unconditional), on ``device``; a latent model's samples are decoded by ``vae`` (default: Stable Diffusion's)."""
+    """What to sample: ``seeds``, ``batch_size`` images at a time, ``class_labels`` or, for a text-to-image
+    model, ``prompts``, cycled by seed (seed ``s`` gets the ``s % K``-th; None: unconditional), on ``device``. A
+    latent model's samples are decoded by ``vae`` (default: its weights' VAE, else Stable Diffusion's)."""
 
     seeds: Sequence[int]
     batch_size: int = 256
     class_labels: Sequence[int] | None = None
     device: str = "cpu"
     vae: str | None = None
+    prompts: Sequence[str] | None = None
 
 
 def sample_to_dir(
@@ -98,14 +101,17 @@ def sample_to_dir(
     shard = shard or Shard.from_env()
     if request.class_labels is not None and not experiment.num_classes:
         raise ValueError("--class-labels given, but the model is unconditional (num_classes = 0)")
+    conditions, null = request.class_labels, None
+    if request.prompts:
+        conditions, null = encode_prompts(experiment, request.prompts, request.device)
+    elif experiment.data.name == CAPTION_DATA:
+        raise ValueError("a text-to-image model samples from prompts: give --prompt")
     model = experiment.load_checkpoint(ckpt).to(request.device)
     decoder = _latent_decoder(experiment, request.vae, request.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape, my_seeds, chunks = experiment.sample_shape, shard.take(request.seeds), []
-    batches = generate(
-        model, experiment.sampler, my_seeds, shape, request.batch_size, request.class_labels, request.device
-    )
+    batches = generate(model, experiment.sampler, my_seeds, shape, request.batch_size, conditions, request.device, null)
     for batch, samples in batches:
         if len(shape) == 3:
             images = to_uint8(samples if decoder is None else decoder(samples))
@@ -127,5 +133,22 @@ def _latent_decoder(experiment: Experiment, vae: str | None, device: str) -> Cal
         return None
     from diffbook.nets.vae import SD_VAE, decode, load_vae
 
-    autoencoder = load_vae(vae or SD_VAE, device=device)
+    weights = experiment.network.weights
+    autoencoder = load_vae(vae or (f"{weights}/vae" if weights else SD_VAE), device=device)
     return lambda latents: decode(autoencoder, latents)
+
+
+@torch.no_grad()
+def encode_prompts(experiment: Experiment, prompts: Sequence[str], device: str) -> tuple[Tensor, Tensor]:
+    """The text encoder's hidden states of ``prompts``, ``(K, L, D)``, and of the empty prompt, ``(1, L, D)``
+    (guidance's unconditional branch), from a text-to-image experiment's weights."""
+    if experiment.data.name != CAPTION_DATA:
+        raise ValueError("--prompt given, but the model is not text-conditioned (data.name is not image_captions)")
+    from diffbook.data.captions import load_tokenizer, tokenize
+    from diffbook.objectives.latent_text import load_text_encoder
+
+    text_encoder = load_text_encoder(experiment.network.weights)
+    tokenizer = load_tokenizer(f"{experiment.network.weights}/tokenizer")
+    text_encoder = text_encoder.to(device)
+    texts = text_encoder(tokenize(tokenizer, list(prompts)).to(device))[0]
+    return texts, text_encoder(tokenize(tokenizer, [""]).to(device))[0]

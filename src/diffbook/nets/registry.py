@@ -23,6 +23,7 @@ from diffbook.nets.diffit import (
     diffit_unet_preset,
     latent_diffit_preset,
 )
+from diffbook.nets.diffusers_unet import StableDiffusionUNetConfig, load_stable_diffusion_unet
 from diffbook.nets.dit import DiT, DiTConfig, dit_preset
 from diffbook.nets.mlp import TimeMLP
 from diffbook.nets.unet import UNet, UNetConfig, unet_preset
@@ -43,12 +44,13 @@ class TimeMLPConfig:
 
 @dataclass(frozen=True)
 class NetworkFamily:
-    """A ``network.kind``: its config class, its preset lookup (None: configured by ``overrides`` alone) and
-    the module built from a config."""
+    """A ``network.kind``: its config class, its preset lookup (None: configured by ``overrides`` alone), and the
+    module built from a config, or for released weights the loader ``pretrained(config, weights)``."""
 
     config: type
     preset: Callable[..., Any] | None
-    module: Callable[[Any], nn.Module]
+    module: Callable[[Any], nn.Module] | None
+    pretrained: Callable[[Any, str | None], nn.Module] | None = None  # builds from network.weights instead
 
 
 NETWORKS: dict[str, NetworkFamily] = {
@@ -57,17 +59,21 @@ NETWORKS: dict[str, NetworkFamily] = {
     "diffit_unet": NetworkFamily(DiffiTUNetConfig, diffit_unet_preset, DiffiTUNet),
     "diffit": NetworkFamily(LatentDiffiTConfig, latent_diffit_preset, LatentDiffiT),
     "dit": NetworkFamily(DiTConfig, dit_preset, DiT),
+    "stable_diffusion": NetworkFamily(StableDiffusionUNetConfig, None, None, load_stable_diffusion_unet),
 }
 
 
 @dataclass(frozen=True)
 class NetworkOptions:
-    """The ``network`` section: which family, which preset, which fields replaced, which weights to start from."""
+    """The ``network`` section: which family, which preset, which fields replaced, which weights to start from:
+    ``init_from``, a Trainer checkpoint, or ``weights``, a folder of released weights that the family loads
+    (Stable Diffusion's diffusers folder), whose companions (its VAE, text encoder) the data and objective use."""
 
     kind: str
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    weights: str | None = None
 
     @classmethod
     def parse(cls, section: dict[str, Any], where: str = "network") -> NetworkOptions:
@@ -77,6 +83,8 @@ class NetworkOptions:
         parse_options(_all_optional(family.config), overrides, f"{where}.overrides")  # keys and types
         if family.preset is not None and options.preset is None:
             raise ValueError(f"{where}.preset is required for network.kind {options.kind!r}")
+        if options.weights is not None and family.pretrained is None:
+            raise ValueError(f"{where}.weights: network.kind {options.kind!r} trains from scratch; use init_from")
         return dataclasses.replace(options, overrides=overrides)
 
     @property
@@ -92,8 +100,13 @@ class NetworkOptions:
         return family.preset(self.preset, **overrides)
 
     def build(self) -> nn.Module:
-        """The raw network ``net(x, noise_labels, class_labels=None)``, freshly initialised."""
-        return self.family.module(self.config())
+        """The raw network ``net(x, noise_labels, class_labels=None)``: freshly initialised, or for a family of
+        released weights, those weights."""
+        family = self.family
+        if family.pretrained is not None:
+            return family.pretrained(self.config(), self.weights)
+        assert family.module is not None  # a family either builds from scratch or loads released weights
+        return family.module(self.config())
 
 
 def network_family(kind: str, where: str = "network") -> NetworkFamily:

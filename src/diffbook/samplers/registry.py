@@ -23,17 +23,26 @@ from diffbook.samplers.guidance import GuidedDenoiser
 
 @dataclass(frozen=True)
 class GuidanceOptions:
-    """Classifier-free guidance of the diffusion samplers: :class:`GuidedDenoiser`'s scale, power-cosine exponent
-    and guided channels. ``cfg_scale`` unset or 1 is no guidance."""
+    """Classifier-free guidance of the diffusion samplers: :class:`GuidedDenoiser`'s scale, power-cosine exponent,
+    guided channels and rescale ``phi`` (Lin et al. 2024). ``cfg_scale`` unset or 1 is no guidance."""
 
     cfg_scale: float | None = None
     cfg_power: float | None = None
     cfg_channels: int | None = None
+    cfg_rescale: float = 0.0
 
-    def guided(self, denoiser: DenoiserFn) -> DenoiserFn:
+    def guided(self, denoiser: DenoiserFn, null_labels: Tensor | None = None) -> DenoiserFn:
+        """``denoiser`` guided; the unconditional branch gets ``null_labels`` (None: the network's null class)."""
         if self.cfg_scale is None or self.cfg_scale == 1.0:
             return denoiser
-        return GuidedDenoiser(denoiser, self.cfg_scale, channels=self.cfg_channels, power=self.cfg_power)  # type: ignore[arg-type]
+        return GuidedDenoiser(
+            denoiser,
+            self.cfg_scale,
+            self.cfg_rescale,
+            null_labels,
+            self.cfg_channels,
+            self.cfg_power,  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,8 @@ class Sampler:
     ``noise: (B, ...)`` is standard normal. ``generator`` feeds the noise a stochastic sampler adds on the way:
     a ``torch.Generator`` or a per-row :class:`~diffbook.samplers.common.RowNoise`. DDPM's and DDIM's samplers walk
     a discrete schedule: the denoiser's ``process``, or ``process`` when given (an analytic denoiser has none).
+    ``null_labels`` are guidance's unconditional condition when it is not the null class (the empty prompt's
+    text embeddings).
     """
 
     name: str
@@ -140,7 +151,11 @@ class Sampler:
         generator: NoiseSource = None,
         return_trajectory: bool = False,
         process: Any = None,
+        null_labels: Tensor | None = None,
     ) -> SamplerOutput:
+        if isinstance(self.options, GuidanceOptions):
+            process = process or getattr(denoiser, "process", None)
+            denoiser = self.options.guided(denoiser, null_labels)
         run = SAMPLERS[self.name].run
         return run(self, denoiser, noise, class_labels, generator, return_trajectory, process)
 
@@ -148,7 +163,7 @@ class Sampler:
 def _ddpm(sampler: Sampler, denoiser, noise, labels, generator, trajectory, process) -> SamplerOutput:
     o = sampler.options
     return ddpm_sample(
-        o.guided(denoiser), process or denoiser.process, noise, sampler.steps, variance=o.variance,
+        denoiser, process or denoiser.process, noise, sampler.steps, variance=o.variance,
         class_labels=labels, clip_denoised=o.clip_denoised, generator=generator, return_trajectory=trajectory,
     )  # fmt: skip
 
@@ -156,7 +171,7 @@ def _ddpm(sampler: Sampler, denoiser, noise, labels, generator, trajectory, proc
 def _ddim(sampler: Sampler, denoiser, noise, labels, generator, trajectory, process) -> SamplerOutput:
     o = sampler.options
     return ddim_sample(
-        o.guided(denoiser), process or denoiser.process, noise, sampler.steps, eta=o.eta, spacing=o.spacing,
+        denoiser, process or denoiser.process, noise, sampler.steps, eta=o.eta, spacing=o.spacing,
         class_labels=labels, clip_denoised=o.clip_denoised, generator=generator, return_trajectory=trajectory,
     )  # fmt: skip
 
@@ -165,7 +180,7 @@ def _edm(sampler: Sampler, denoiser, noise, labels, generator, trajectory, proce
     o, process = sampler.options, process or denoiser.process
     sigmas = karras_sigmas(sampler.steps, o.sigma_min or process.sigma_min, o.sigma_max or process.sigma_max, o.rho)
     return edm_sample(
-        o.guided(denoiser), noise, sigmas, solver=sampler.name, class_labels=labels, S_churn=o.S_churn,
+        denoiser, noise, sigmas, solver=sampler.name, class_labels=labels, S_churn=o.S_churn,
         S_min=o.S_min, S_max=o.S_max, S_noise=o.S_noise, generator=generator, return_trajectory=trajectory,
     )  # fmt: skip
 

@@ -33,19 +33,22 @@ def sample_seeds(
     device: torch.device | str = "cpu",
     return_trajectory: bool = False,
     process: object = None,
+    null_labels: Tensor | None = None,
 ) -> SamplerOutput:
     """One batch, sample ``i`` from seed ``seeds[i]``: ``samples: (len(seeds), *shape)``.
 
-    ``class_labels`` gives sample ``i`` the label ``class_labels[seeds[i] % len(class_labels)]``; None is
-    unconditional. ``process`` is for DDPM's samplers on a denoiser that has none (an analytic one).
+    ``class_labels`` (``K`` class indices, or ``(K, ...)`` conditions such as prompts' text embeddings) give
+    sample ``i`` the row ``seeds[i] % K``; None is unconditional. ``process`` is for DDPM's samplers on a denoiser
+    that has none (an analytic one); ``null_labels`` for guidance's unconditional branch (an empty prompt's).
     """
     generators = seed_generators(seeds, device)
     noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(device)
     labels = None
     if class_labels is not None:
-        labels = torch.as_tensor([int(class_labels[seed % len(class_labels)]) for seed in seeds], device=device)
+        rows = torch.tensor([seed % len(class_labels) for seed in seeds])
+        labels = torch.as_tensor(class_labels)[rows].to(device)
     added = RowNoise(generators) if sampler.stochastic else None
-    return sampler(denoiser, noise, labels, added, return_trajectory, process)
+    return sampler(denoiser, noise, labels, added, return_trajectory, process, null_labels)
 
 
 def generate(
@@ -56,11 +59,13 @@ def generate(
     batch_size: int = 256,
     class_labels: Sequence[int] | Tensor | None = None,
     device: torch.device | str = "cpu",
+    null_labels: Tensor | None = None,
 ) -> Iterator[tuple[list[int], Tensor]]:
     """Yield ``(seeds, samples: (B, *shape))`` batch by batch (:func:`sample_seeds`); ``B <= batch_size``."""
     for start in range(0, len(seeds), batch_size):
         batch = list(seeds[start : start + batch_size])
-        yield batch, sample_seeds(denoiser, sampler, batch, shape, class_labels, device).samples
+        out = sample_seeds(denoiser, sampler, batch, shape, class_labels, device, null_labels=null_labels)
+        yield batch, out.samples
 
 
 @torch.no_grad()

@@ -1,0 +1,49 @@
+"""The ``python -m diffbook`` command line: one subcommand per task.
+
+- ``notebooks [PATHS...]``: execute notebooks in place and save their outputs (directories expand to the
+  ``*.ipynb`` files inside them, sorted; default ``notebooks``).
+- ``exercises [--src notebooks] [--out exercises]``: write the students' copies of the notebooks;
+  ``exercises --check NOTEBOOK...`` runs notebooks and prints PASS or FAIL per exercise (exit 1 on a failure).
+- ``train --config NAME [key=value ...] [--run-dir DIR] [--dry-run]``: train from a config (see
+  :mod:`diffbook.experiments.experiment`); resumes from ``DIR/checkpoint.pt`` when there is one.
+- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9] [--vae ID]
+  [key=value ...] [--dry-run]``: one image per seed, the same whatever the batch size or number of processes
+  (see :mod:`diffbook.experiments.sampling`), with the run's config overridden (``sample.steps=50``,
+  ``sample.sampler=ddim``); a latent model's samples are decoded by the VAE.
+- ``evaluate --samples DIR --ref NAME|DIR [--metrics fid,kid,is,prdc] [--features digits|inception] [--out JSON]``:
+  feature-space metrics of samples against a dataset of the registry, a folder of images, or (``--ref-stats``)
+  clean-fid's precomputed Inception statistics.
+- ``train-feature-net digits [--out PATH] [--steps N]``: train the digits feature network that ``evaluate`` uses.
+- ``sweep --config NAME --grid KEY=V1,V2 [--grid ...] --seeds 0-2 --out DIR [--samples N] [--jobs J] [key=value ...]``:
+  one model per grid point and seed, trained, sampled and scored; ``DIR/table.md`` holds mean +- std per point
+  (see :mod:`diffbook.experiments.sweep`). Finished runs are not redone.
+- ``benchmark --suite toy|digits [--seeds 3] [--out DIR] [--jobs 2]``: the comparison chapter's suite, every
+  method and combination on the same data, metrics and seeds, at the active profile's scale; writes
+  ``DIR/results.json``, ``table.md`` and ``comparison.png`` (see :mod:`diffbook.experiments.comparison`). Resumable.
+- ``export-diffusers --ckpt PATH --out DIR``: a Stable Diffusion run (``configs/sd21``) as diffusers loads it:
+  ``DIR/unet`` and a DDIM ``DIR/scheduler`` that samples as the run's config does.
+- ``precompute-latents --root DIR --out DIR [--data imagefolder] [--resolution 256] [--vae ID|PATH] [--flip]``:
+  encode a dataset once with Stable Diffusion's VAE, for the latent models' configs (``data.name: latents``).
+
+Errors a user can fix (an unknown config key, a bad seed range, a missing file) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from diffbook.cli.commands import default_run_dir
+from diffbook.cli.parser import build_parser
+
+__all__ = ["build_parser", "default_run_dir", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"python -m diffbook {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,241 @@
+"""What each subcommand of ``python -m diffbook`` runs: ``run(args) -> exit status``, one function each.
+
+Each imports its modules when it runs: the notebook tools need the ``book`` extra, which a training cluster
+does not install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import diffbook
+from diffbook.profiles import current_profile
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+def _notebooks(args: argparse.Namespace) -> int:
+    from diffbook.booktools.runner import execute_notebooks, expand_notebook_paths
+
+    paths = expand_notebook_paths(args.paths)
+    if not paths:
+        print(f"No notebooks in {', '.join(args.paths)}.")
+        return 0
+    profile = args.profile or current_profile()
+    seconds = execute_notebooks(paths, profile=profile, timeout=args.timeout)
+    print(f"{len(seconds)} notebook(s) in {sum(seconds.values()):.1f} s")
+    return 0
+
+
+def _exercises(args: argparse.Namespace) -> int:
+    from diffbook.booktools.exercises import grade, write_student_copies
+
+    if not args.check:
+        written = write_student_copies(args.src, args.out)
+        print(f"Wrote {len(written)} student notebook(s) to {args.out}/")
+        return 0
+    failed = 0
+    for path in args.check:
+        for number, passed, message in grade(path, args.profile):
+            failed += not passed
+            last_line = message.splitlines()[-1] if message else ""
+            print(f"{path}: exercise {number}: {'PASS' if passed else 'FAIL'} {last_line}")
+    return 1 if failed else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from diffbook.experiments import Experiment
+
+    experiment = Experiment.load(args.config, args.overrides)
+    if args.dry_run:
+        print(experiment.to_yaml(), end="")
+        return 0
+    from diffbook.experiments.sampling import preview_fn
+    from diffbook.runtime import cleanup, init_distributed
+    from diffbook.train import Trainer
+
+    run_dir = Path(args.run_dir or default_run_dir(args.config))
+    context = init_distributed(args.device)
+    try:
+        if context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(experiment.to_yaml())
+        model = experiment.initial_model().to(context.device)
+        objective, dataset = experiment.build_objective(model), experiment.build_dataset()
+        preview = preview_fn(experiment)
+        Trainer(model, objective, dataset, experiment.train, run_dir, preview, desc=str(args.config)).fit()
+    finally:
+        cleanup()
+    if context.is_main:
+        print(f"Trained {args.config}: checkpoint and config in {run_dir}/")
+    return 0
+
+
+def default_run_dir(config: str) -> Path:
+    """``runs/<dataset>-<method>`` for ``<dataset>/<method>`` or ``.../<dataset>/<method>.yaml``."""
+    path = Path(config)
+    return Path("runs") / f"{path.parent.name}-{path.stem}" if path.parent.name else Path("runs") / path.stem
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from diffbook.experiments import run_config
+    from diffbook.experiments.sampling import SampleRequest, parse_int_ranges, sample_to_dir
+
+    experiment = run_config(args.ckpt, args.config, args.overrides)
+    if args.dry_run:
+        print(experiment.to_yaml(), end="")
+        return 0
+    seeds = parse_int_ranges(args.seeds)
+    labels = parse_int_ranges(args.class_labels, "class labels") if args.class_labels else None
+    request = SampleRequest(seeds, args.batch, labels, args.device or _default_device(), args.vae, args.prompt)
+    npz = sample_to_dir(args.ckpt, experiment, args.out, request)
+    print(f"Wrote samples to {args.out}/ ({npz.name})")
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from diffbook.data.pixels import read_image_folder
+    from diffbook.metrics.features import extract_features, feature_metrics, metrics_needing_reference_features
+
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    samples = read_image_folder(args.samples)
+    net = _feature_net(args.features, args.ref_stats)
+    sample_features, sample_logits = extract_features(net, samples, args.batch)
+    reference_features, reference_statistics = None, None
+    if args.ref_stats:
+        from diffbook.metrics.features import cleanfid_reference_statistics
+
+        reference_statistics = cleanfid_reference_statistics(
+            args.ref, samples.shape[-1], args.ref_stats, args.ref_split
+        )
+    if metrics_needing_reference_features(metrics, from_statistics=reference_statistics is not None):
+        reference_features, _ = extract_features(net, _reference_images(args, samples), args.batch)
+    results = feature_metrics(metrics, sample_features, sample_logits, reference_features, reference_statistics)
+    report = {
+        "metrics": results,
+        "samples": str(args.samples),
+        "num_samples": len(samples),
+        "reference": args.ref,
+        "reference_stats": args.ref_stats,
+        "num_reference": None if reference_features is None else len(reference_features),
+        "features": args.features,
+    }
+    out = Path(args.out or Path(args.samples) / f"metrics-{args.features}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"Saved {out}")
+    return 0
+
+
+def _feature_net(features: str, mode: str | None):
+    from diffbook.metrics.features import InceptionFeatures, load_digits_feature_net
+
+    if features == "digits":
+        if mode:
+            raise ValueError("--ref-stats holds Inception statistics; use it with --features inception")
+        return load_digits_feature_net()
+    return InceptionFeatures(mode or "clean")
+
+
+def _reference_images(args: argparse.Namespace, samples: Tensor) -> Tensor:
+    """``--ref`` as uint8 images at the samples' resolution and channels: a folder, or a registry dataset."""
+    from diffbook.data.pixels import load_reference, read_image_folder
+
+    if Path(args.ref).is_dir():
+        return read_image_folder(args.ref)
+    return load_reference(args.ref, samples.shape[-1], samples.shape[1], args.ref_root, args.ref_split)
+
+
+def _train_feature_net(args: argparse.Namespace) -> int:
+    from diffbook.metrics.features import (
+        DIGITS_WEIGHTS,
+        held_out_accuracy,
+        load_digits_feature_net,
+        save_digits_feature_net,
+        train_digits_feature_net,
+    )
+
+    out = Path(args.out or Path(diffbook.__file__).parent / DIGITS_WEIGHTS)
+    save_digits_feature_net(train_digits_feature_net(args.steps, args.seed), out)
+    # Measured on the saved (float16) weights, which are what evaluation will use.
+    accuracy = held_out_accuracy(load_digits_feature_net(out))
+    print(f"Saved {out} ({out.stat().st_size / 1024:.0f} KiB); held-out accuracy {accuracy:.1%} on 300 digits")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from diffbook.experiments.sampling import parse_int_ranges
+    from diffbook.experiments.sweep import parse_grid, run_sweep
+
+    seeds = parse_int_ranges(args.seeds)
+    records = run_sweep(args.config, parse_grid(args.grid), seeds, args.out, args.overrides, args.samples, args.jobs)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"{len(records)} run(s); results in {args.out}/results.json and {args.out}/table.md")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from diffbook.experiments.comparison import run_suite
+    from diffbook.experiments.suites import suite
+
+    chosen = suite(args.suite, args.seeds)
+    out = Path(args.out or f"runs/comparison-{args.suite}-{current_profile()}")
+    results = run_suite(chosen, out, args.jobs)
+    print((out / "table.md").read_text(), end="")
+    print(f"{len(results['runs'])} evaluation(s) in {results['wall_seconds'] / 60:.1f} min; results in {out}/")
+    return 0
+
+
+def _precompute_latents(args: argparse.Namespace) -> int:
+    from diffbook.data import load_image_dataset
+    from diffbook.experiments.latents import precompute_latents
+    from diffbook.nets.vae import SD_VAE, load_vae
+
+    dataset = load_image_dataset(args.data, root=args.root, split=args.split, resolution=args.resolution, channels=3)
+    name = args.vae or SD_VAE
+    vae = load_vae(name, download=args.download, device=args.device or _default_device())
+    out = precompute_latents(vae, dataset, args.out, args.batch, args.flip, args.seed, vae_name=name)
+    print(f"Wrote the latents of {len(dataset)} image(s){' and their mirror images' if args.flip else ''} to {out}/")
+    return 0
+
+
+def _import_dit(args: argparse.Namespace) -> int:
+    from diffbook.diffusion import Denoiser
+    from diffbook.experiments import Experiment
+    from diffbook.nets.convert_dit import load_released_dit
+    from diffbook.train import save_checkpoint
+
+    experiment = Experiment.load(args.config, args.overrides)
+    if experiment.network.kind != "dit":
+        raise ValueError(f"{args.config} has network.kind {experiment.network.kind!r}; import-dit needs a dit config")
+    network = load_released_dit(args.weights, experiment.network.config())
+    model = Denoiser(network, experiment.build_model().process)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None}, out)
+    print(f"Wrote {args.weights} as a checkpoint for network.init_from: {out}")
+    return 0
+
+
+def _export_diffusers(args: argparse.Namespace) -> int:
+    from diffbook.experiments import run_config
+    from diffbook.experiments.diffusers_export import export_for_diffusers
+
+    experiment = run_config(args.ckpt, args.config)
+    out = export_for_diffusers(experiment, experiment.load_checkpoint(args.ckpt), args.out)
+    print(f"Wrote {out / 'unet'}/ and {out / 'scheduler'}/ for diffusers")
+    return 0
