@@ -1,7 +1,7 @@
 # diffbook: every target sets up what it needs, on a machine that has only Python 3.11 and pip.
 #   make book        build the book into _build/html (renders committed notebook outputs, no execution)
 #   make test        unit tests, notebooks in the quick profile (nbval), then a strict book build
-#   make lint        ruff on the whole tree
+#   make lint        ruff on the whole tree, mypy over src/
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
 #   make bench       the package against diffusers, torchvision and clean-fid: ratios into benchmarks/RESULTS.md
 #   make exercises   students' copies of the notebooks (solutions stubbed out) in exercises/ (committed)
@@ -49,6 +49,7 @@ test: unit nbtest book
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 notebooks: install
 	DIFFBOOK_PROFILE=book $(BIN)/python -m diffbook notebooks $(NB)

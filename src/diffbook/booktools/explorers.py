@@ -90,7 +90,7 @@ def sampler_explorer(
         if reference is not None:
             scatter2d(ax, reference, color="0.8")
         scatter2d(ax, out.samples, color="C0")
-        plot_trajectories(ax, out.trajectory, count=paths)
+        plot_trajectories(ax, out.trajectory or [], count=paths)  # compute asks for the trajectory
         ax.set_title(f"NFE {out.nfe}", fontsize=9)
 
     return Explorer(

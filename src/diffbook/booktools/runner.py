@@ -74,7 +74,7 @@ def _strings(node: object) -> Iterator[str]:
 def find_in_outputs(nb: nbformat.NotebookNode, needles: Iterable[str]) -> list[tuple[int, str]]:
     """``(cell index, needle)`` for every needle found in the outputs of a code cell."""
     needles = list(needles)
-    hits = []
+    hits: list[tuple[int, str]] = []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sized
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import diffbook
 from diffbook.profiles import current_profile
@@ -209,7 +210,8 @@ def _precompute_latents(args: argparse.Namespace) -> int:
     name = args.vae or SD_VAE
     vae = load_vae(name, download=args.download, device=args.device or _default_device())
     out = precompute_latents(vae, dataset, args.out, args.batch, args.flip, args.seed, vae_name=name)
-    print(f"Wrote the latents of {len(dataset)} image(s){' and their mirror images' if args.flip else ''} to {out}/")
+    mirrored = " and their mirror images" if args.flip else ""
+    print(f"Wrote the latents of {len(cast(Sized, dataset))} image(s){mirrored} to {out}/")
     return 0
 
 
@@ -222,8 +224,7 @@ def _import_dit(args: argparse.Namespace) -> int:
     experiment = Experiment.load(args.config, args.overrides)
     if experiment.network.kind != "dit":
         raise ValueError(f"{args.config} has network.kind {experiment.network.kind!r}; import-dit needs a dit config")
-    network = load_released_dit(args.weights, experiment.network.config())
-    model = Denoiser(network, experiment.build_model().process)
+    model = Denoiser(load_released_dit(args.weights, experiment.network.config()), experiment.build_process())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None}, out)

@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 Options = TypeVar("Options")
 Product = TypeVar("Product")
@@ -37,7 +37,7 @@ def check_keys(mapping: Mapping[str, Any], allowed: typing.Sequence[str], where:
 
 def option_names(cls: type) -> tuple[str, ...]:
     """The init fields of the dataclass ``cls``: the keys its section may hold."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    return tuple(f.name for f in dataclasses.fields(cast(Any, cls)) if f.init)
 
 
 def parse_options(cls: type[Options], mapping: Mapping[str, Any], where: str) -> Options:
@@ -46,7 +46,7 @@ def parse_options(cls: type[Options], mapping: Mapping[str, Any], where: str) ->
     if not isinstance(mapping, Mapping):
         raise ValueError(f"config section {where!r} must be a mapping, got {mapping!r}")
     check_keys(mapping, option_names(cls), where)
-    required = [f.name for f in dataclasses.fields(cls) if f.init and _required(f) and f.name not in mapping]
+    required = [f.name for f in dataclasses.fields(cast(Any, cls)) if f.init and _required(f) and f.name not in mapping]
     if required:
         raise ValueError(f"{where}.{required[0]} is required")
     hints = typing.get_type_hints(cls)

@@ -155,6 +155,7 @@ def run_suite(suite: Suite, out_dir: str | Path, jobs: int = 1, progress: bool =
     start = time.perf_counter()
     per_task = run_tasks(tasks, run_task, jobs, progress, desc="benchmark", depends_on=lambda task: task.parent)
     records = [record for task_records in per_task for record in task_records]
+    summary = summarize_suite(records)
     results = {
         "suite": suite.name,
         "profile": current_profile(),
@@ -164,12 +165,12 @@ def run_suite(suite: Suite, out_dir: str | Path, jobs: int = 1, progress: bool =
         "compute_seconds": _compute_seconds(tasks, records),
         "methods": [asdict(method) for method in suite.methods],
         "runs": records,
-        "summary": summarize_suite(records),
+        "summary": summary,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "table.md").write_text(suite_table(results["summary"], suite.metrics) + "\n")
-    figure = plot_summary(results["summary"], suite.metrics)
+    (out_dir / "table.md").write_text(suite_table(summary, suite.metrics) + "\n")
+    figure = plot_summary(summary, suite.metrics)
     figure.savefig(out_dir / "comparison.png", dpi=120, bbox_inches="tight")
     plt.close(figure)  # saved, not shown: a notebook draws the summary where its text wants it
     return results

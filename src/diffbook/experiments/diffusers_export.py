@@ -39,5 +39,6 @@ def export_for_diffusers(experiment: Experiment, model: Model, out: str | Path) 
         raise ValueError(f"export-diffusers needs a network.kind stable_diffusion run, got {experiment.network.kind!r}")
     out = Path(out)
     unet.save_pretrained(out / "unet")
-    DDIMScheduler(**scheduler_config(experiment)).save_pretrained(out / "scheduler")
+    scheduler: Any = DDIMScheduler(**scheduler_config(experiment))  # diffusers' mixins are untyped here
+    scheduler.save_pretrained(out / "scheduler")
     return out

@@ -128,9 +128,14 @@ class Experiment:
     def build_model(self) -> Model:
         """The network wrapped by the process's preconditioning, freshly initialised: the denoiser ``D(x; sigma)``,
         or for ``process.kind = bcm`` the consistency model ``f(x, t, u)``."""
-        process = dataclasses.replace(self.process)  # a model of its own: nothing is shared between runs
-        wrapper = BidirectionalConsistency if isinstance(process, BCMProcess) else Denoiser
-        return wrapper(self.network.build(), process)
+        process = self.build_process()
+        if isinstance(process, BCMProcess):
+            return BidirectionalConsistency(self.network.build(), process)
+        return Denoiser(self.network.build(), process)
+
+    def build_process(self) -> Any:
+        """The process, a copy of its own: nothing is shared between the models of a run."""
+        return dataclasses.replace(self.process)
 
     def initial_model(self) -> Model:
         """:meth:`build_model` with ``network.init_from``'s weights loaded when it is set: what training starts

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sized
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from diffbook.data.latents import LABELS_FILE, LATENTS_FILE, META_FILE
@@ -17,7 +18,7 @@ from diffbook.runtime.progress import progress_bar
 
 
 def precompute_latents(
-    vae: nn.Module,
+    vae: Any,
     dataset: Dataset,
     out_dir: str | Path,
     batch_size: int = 64,
@@ -36,7 +37,7 @@ def precompute_latents(
     device = next(vae.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    n = len(dataset)
+    n = len(cast(Sized, dataset))
     copies = 2 if flip else 1
     latents, labels = None, np.empty(copies * n, dtype=np.int64)
     start = 0
@@ -51,6 +52,8 @@ def precompute_latents(
             latents[rows] = z.to(torch.float16).numpy()
             labels[rows] = targets.numpy()
         start += len(images)
+    if latents is None:
+        raise ValueError("the dataset to encode is empty")
     latents.flush()
     np.save(out_dir / LABELS_FILE, labels)
     meta = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
 import torch
@@ -40,7 +40,7 @@ def run_tasks(
                 bar.update()
             return [results[task] for task in tasks]
         context = multiprocessing.get_context("spawn")
-        waiting, running = list(tasks), {}
+        waiting, running = list(tasks), dict[Future, Task]()
         with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             while waiting or running:
                 ready = [t for t in waiting if depends_on(t) is None or depends_on(t) in results]

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffbook.data.captions import CAPTION_DATA
 from diffbook.data.pixels import to_uint8, write_pngs
-from diffbook.diffusion import Denoiser
 from diffbook.experiments.experiment import Experiment
 from diffbook.samplers import generate
 
@@ -61,14 +60,14 @@ class Shard:
         return "samples.npz" if self.world == 1 else f"samples-rank{self.rank}-of-{self.world}.npz"
 
 
-def preview_fn(experiment: Experiment, count: int = 64) -> Callable[[Denoiser, int], Tensor] | None:
+def preview_fn(experiment: Experiment, count: int = 64) -> Callable[[nn.Module, int], Tensor | None] | None:
     """The Trainer's ``sample_fn(model, step) -> (count, C, H, W)``: seeds ``0..count-1``, so that previews at
     different steps show the same noise; None for toy points, which make no image grid."""
     shape = experiment.sample_shape
     if len(shape) != 3:
         return None
 
-    def sample(model: Denoiser, step: int) -> Tensor:
+    def sample(model: nn.Module, step: int) -> Tensor | None:
         device = next(model.parameters()).device
         batches = generate(model, experiment.sampler, range(count), shape, count, None, device)
         return torch.cat([images for _, images in batches])
@@ -101,7 +100,8 @@ def sample_to_dir(
     shard = shard or Shard.from_env()
     if request.class_labels is not None and not experiment.num_classes:
         raise ValueError("--class-labels given, but the model is unconditional (num_classes = 0)")
-    conditions, null = request.class_labels, None
+    conditions: Sequence[int] | Tensor | None = request.class_labels
+    null = None
     if request.prompts:
         conditions, null = encode_prompts(experiment, request.prompts, request.device)
     elif experiment.data.name == CAPTION_DATA:
@@ -121,7 +121,8 @@ def sample_to_dir(
             chunks.append(samples.float().cpu().numpy())
     key = "images" if len(shape) == 3 else "samples"
     npz_path = out_dir / shard.npz_name
-    np.savez(npz_path, **{key: np.concatenate(chunks), "seeds": np.asarray(my_seeds, dtype=np.int64)})
+    arrays = {key: np.concatenate(chunks), "seeds": np.asarray(my_seeds, dtype=np.int64)}
+    np.savez(npz_path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as its allow_pickle
     return npz_path
 
 

@@ -14,11 +14,12 @@ seed start their samples from the same noise (paired), and no two training seeds
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from diffbook.diffusion import BidirectionalConsistency
 from diffbook.experiments.experiment import Experiment, Model
 from diffbook.samplers import sample_count
 
@@ -84,7 +85,7 @@ def flow_scores(experiment: Experiment, model: Model, count: int, seed: int) -> 
     name = experiment.data.name
     if not has_density(name) or not isinstance(mixture := density(name), GaussianMixture):
         return {}
-    return consistency_scores(model, mixture, count, seed)
+    return consistency_scores(cast(BidirectionalConsistency, model), mixture, count, seed)
 
 
 def evaluate(

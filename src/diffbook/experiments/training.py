@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 from diffbook.experiments.experiment import Experiment, Model
 from diffbook.profiles import seed_everything
@@ -25,5 +26,5 @@ def train_run(experiment: Experiment, run_dir: Path, progress: bool = True, desc
         model, objective, experiment.build_dataset(), experiment.train, run_dir, progress=progress, desc=desc
     )
     trainer.fit()
-    trained = trainer.ema.model if trainer.ema is not None else model
+    trained = cast(Model, trainer.ema.model) if trainer.ema is not None else model
     return trained.eval(), time.perf_counter() - start

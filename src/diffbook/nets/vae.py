@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any  # diffusers' AutoencoderKL: its methods are untyped to the checker
 
 import torch
 from torch import Tensor, nn
@@ -36,9 +37,7 @@ def vae_missing_message(name: str) -> str:
     )
 
 
-def load_vae(
-    name_or_path: str | Path = SD_VAE, download: bool = False, device: str | torch.device = "cpu"
-) -> nn.Module:
+def load_vae(name_or_path: str | Path = SD_VAE, download: bool = False, device: str | torch.device = "cpu") -> Any:
     """diffusers' ``AutoencoderKL`` from a Hugging Face id or a local folder, frozen and in eval mode.
 
     Looks only at local files (a folder, or the Hugging Face cache) unless ``download``; raises
@@ -61,14 +60,14 @@ def load_vae(
 
 
 @torch.no_grad()
-def encode(vae: nn.Module, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def encode(vae: Any, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``images: (B, 3, H, W)`` in [-1, 1] -> scaled latents ``(B, 4, H/8, W/8)``, a sample of the posterior (DiT)."""
     posterior = vae.encode(images).latent_dist
     return posterior.sample(generator) * SD_LATENT_SCALE
 
 
 @torch.no_grad()
-def decode(vae: nn.Module, latents: Tensor) -> Tensor:
+def decode(vae: Any, latents: Tensor) -> Tensor:
     """Scaled latents ``(B, 4, h, w)`` -> images ``(B, 3, 8h, 8w)``, clamped to [-1, 1]."""
     return vae.decode(latents / SD_LATENT_SCALE).sample.clamp(-1, 1)
 
@@ -78,9 +77,9 @@ class VAEDecoder(nn.Module):
     latents (for a loss in pixel space); unlike :func:`decode`, not clamped, so that the gradient never vanishes.
     The VAE follows its input to whatever device that is on."""
 
-    def __init__(self, vae: nn.Module) -> None:
+    def __init__(self, vae: Any) -> None:
         super().__init__()
-        self.vae = vae.eval().requires_grad_(False)
+        self.vae: Any = vae.eval().requires_grad_(False)
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.vae.to(latents.device).decode(latents / SD_LATENT_SCALE).sample

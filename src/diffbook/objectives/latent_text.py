@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ class LatentTextObjective:
     """
 
     base: Callable[..., dict[str, Tensor]]
-    vae: nn.Module
+    vae: Any  # diffusers' AutoencoderKL
     text_encoder: nn.Module
 
     def __call__(self, model: Denoiser, batch: tuple, generator: torch.Generator | None = None) -> dict[str, Tensor]:

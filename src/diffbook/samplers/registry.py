@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from torch import Tensor
 
 from diffbook.config.schema import parse_options
+from diffbook.diffusion.denoiser import Denoiser
 from diffbook.samplers.common import DenoiserFn, NoiseSource, SamplerOutput
 from diffbook.samplers.consistency import SCHEDULES, consistency_sample, schedule_nfe
 from diffbook.samplers.ddpm import ddim_sample, ddpm_sample
@@ -35,14 +36,8 @@ class GuidanceOptions:
         """``denoiser`` guided; the unconditional branch gets ``null_labels`` (None: the network's null class)."""
         if self.cfg_scale is None or self.cfg_scale == 1.0:
             return denoiser
-        return GuidedDenoiser(
-            denoiser,
-            self.cfg_scale,
-            self.cfg_rescale,
-            null_labels,
-            self.cfg_channels,
-            self.cfg_power,  # type: ignore[arg-type]
-        )
+        guided = cast(Denoiser, denoiser)  # guidance calls raw(): a Denoiser, or a guided one
+        return GuidedDenoiser(guided, self.cfg_scale, self.cfg_rescale, null_labels, self.cfg_channels, self.cfg_power)
 
 
 @dataclass(frozen=True)
@@ -106,8 +101,9 @@ class Sampler:
             raise TypeError(f"the {self.name} sampler takes {kind.options.__name__}, got {self.options!r}")
         if self.steps < 1:
             raise ValueError(f"sample.steps must be at least 1, got {self.steps}")
+        options: Any = self.options
         if self.name == "consistency":
-            _check_consistency_steps(self.steps, self.options.schedule)
+            _check_consistency_steps(self.steps, options.schedule)
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any], where: str = "sample") -> Sampler:
@@ -179,9 +175,9 @@ def _ddim(sampler: Sampler, denoiser, noise, labels, generator, trajectory, proc
 def _edm(sampler: Sampler, denoiser, noise, labels, generator, trajectory, process) -> SamplerOutput:
     o, process = sampler.options, process or denoiser.process
     sigmas = karras_sigmas(sampler.steps, o.sigma_min or process.sigma_min, o.sigma_max or process.sigma_max, o.rho)
+    solver = cast(Literal["heun", "euler"], sampler.name)
     return edm_sample(
-        denoiser, noise, sigmas, solver=sampler.name, class_labels=labels, S_churn=o.S_churn,
-        S_min=o.S_min, S_max=o.S_max, S_noise=o.S_noise, generator=generator, return_trajectory=trajectory,
+        denoiser, noise, sigmas, solver=solver, class_labels=labels, S_churn=o.S_churn, S_min=o.S_min, S_max=o.S_max, S_noise=o.S_noise, generator=generator, return_trajectory=trajectory,
     )  # fmt: skip
 
 
