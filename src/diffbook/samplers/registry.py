@@ -177,7 +177,8 @@ def _edm(sampler: Sampler, denoiser, noise, labels, generator, trajectory, proce
     sigmas = karras_sigmas(sampler.steps, o.sigma_min or process.sigma_min, o.sigma_max or process.sigma_max, o.rho)
     solver = cast(Literal["heun", "euler"], sampler.name)
     return edm_sample(
-        denoiser, noise, sigmas, solver=solver, class_labels=labels, S_churn=o.S_churn, S_min=o.S_min, S_max=o.S_max, S_noise=o.S_noise, generator=generator, return_trajectory=trajectory,
+        denoiser, noise, sigmas, solver=solver, class_labels=labels, S_churn=o.S_churn, S_min=o.S_min,
+        S_max=o.S_max, S_noise=o.S_noise, generator=generator, return_trajectory=trajectory,
     )  # fmt: skip
 
 
