@@ -68,7 +68,8 @@ def gated(x: Tensor, gate: Tensor, update: Tensor) -> Tensor:
 class Mlp(nn.Module):
     """``fc2(dropout(GELU_tanh(fc1(x))))``: the transformer's per-token MLP, ``hidden`` wide.
 
-    Dropout acts on the hidden activations, the widest place in the block (DiffiT D11; DiT has none).
+    Dropout acts on the hidden activations, the widest place in the block (DiffiT; book: diffit_decisions, D11).
+    DiT has none.
     """
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
