@@ -26,14 +26,8 @@ from diffbook.nets import (
     dit_preset,
     latent_diffit_preset,
 )
-from diffbook.nets.diffit import (
-    WindowAttention,
-    drop_time_keys,
-    mlp_ratio_for_budget,
-    unet_parameter_count,
-    window_partition,
-    window_reverse,
-)
+from diffbook.nets.diffit import mlp_ratio_for_budget, unet_parameter_count
+from diffbook.nets.tmsa import WindowAttention, drop_time_keys, window_partition, window_reverse
 from diffbook.nets.transformer import sincos_pos_embed_2d
 from diffbook.nets.vae import SD_VAE, load_vae, vae_missing_message
 from diffbook.objectives.vlb import HybridLoss, variance_bound_term

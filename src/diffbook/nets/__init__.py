@@ -3,17 +3,7 @@
 What the noise label means and what the output estimates are the preconditioner's business, not the network's.
 """
 
-from diffbook.nets.diffit import (
-    DIFFIT_UNET_PRESETS,
-    LATENT_DIFFIT_PRESETS,
-    TIME_MODES,
-    DiffiTUNet,
-    DiffiTUNetConfig,
-    LatentDiffiT,
-    LatentDiffiTConfig,
-    diffit_unet_preset,
-    latent_diffit_preset,
-)
+from diffbook.nets.diffit import DIFFIT_UNET_PRESETS, DiffiTUNet, DiffiTUNetConfig, diffit_unet_preset
 from diffbook.nets.diffusers_unet import DiffusersUNet
 from diffbook.nets.dit import DIT_PRESETS, DiT, DiTConfig, dit_preset
 from diffbook.nets.embeddings import (
@@ -25,7 +15,9 @@ from diffbook.nets.embeddings import (
     load_single_time_weights,
 )
 from diffbook.nets.features import DiffusersUNetEncoder, TimeMLPEncoder, UNetEncoder, middle_block_encoder
+from diffbook.nets.latent_diffit import LATENT_DIFFIT_PRESETS, LatentDiffiT, LatentDiffiTConfig, latent_diffit_preset
 from diffbook.nets.mlp import TimeMLP
+from diffbook.nets.tmsa import TIME_MODES
 from diffbook.nets.unet import UNET_PRESETS, UNet, UNetConfig, unet_preset
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Load the officially released latent DiffiT weights (NVlabs/DiffiT, Hugging Face ``nvidia/DiffiT``) into
-:class:`~diffbook.nets.diffit.LatentDiffiT`.
+:class:`~diffbook.nets.latent_diffit.LatentDiffiT`.
 
 The user supplies the checkpoint file (a plain state dict, as the release's ``sample.py`` loads it); nothing is
 downloaded. The mapping is one of names, plus two layout facts:
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffbook.nets.diffit import LatentDiffiT, LatentDiffiTConfig, relative_position_index
 from diffbook.nets.dit import DiTConfig
+from diffbook.nets.latent_diffit import LatentDiffiT, LatentDiffiTConfig
+from diffbook.nets.tmsa import relative_position_index
 from diffbook.nets.transformer import sincos_pos_embed_2d
 
 # Released name (a regular expression on the whole key) -> the package's name: the names that DiffiT's release
@@ -75,7 +76,7 @@ def swap_time_sinusoid(weights: dict[str, Tensor], key: str = "embed.mlp.0.weigh
     return weights | {key: torch.cat([sin, cos], dim=1)}
 
 
-def check_pos_embed(saved: Tensor, config: LatentDiffiTConfig | DiTConfig) -> None:
+def check_pos_embed(saved: Tensor, config: DiTConfig) -> None:
     """ValueError unless the release's fixed position embedding ``(1, N, dim)`` is the one ``config`` implies."""
     expected = sincos_pos_embed_2d(config.dim, config.grid)[None]
     if saved.shape != expected.shape or not torch.allclose(saved.float(), expected, atol=1e-5):

@@ -14,6 +14,7 @@ this network with TMSA in place of adaLN-Zero, the baseline of the paper's Table
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -60,10 +61,12 @@ class DiTConfig:
 
     @property
     def grid(self) -> int:
+        """Tokens per side."""
         return self.resolution // self.patch_size
 
     @property
     def out_channels(self) -> int:
+        """The prediction's channels, and as many again for the variance with ``learn_sigma``."""
         return self.in_channels * (2 if self.learn_sigma else 1)
 
 
@@ -78,7 +81,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 DIT_PRESETS["digits16"] = DiTConfig(**DIGITS16_PIXELS)
 
 
-def dit_preset(name: str, **overrides) -> DiTConfig:
+def dit_preset(name: str, **overrides: Any) -> DiTConfig:
     """A preset (``"XL/2"``, ``"B/4"``, ..., ``"digits16"``) with fields replaced, e.g. ``resolution=64``."""
     return replace_preset(DIT_PRESETS, name, "DiT", **overrides)
 
@@ -133,6 +136,8 @@ class DiTFinalLayer(nn.Module):
 class DiT(nn.Module):
     """``net(x, noise_labels, class_labels=None)``: ``(B, C, R, R) -> (B, out_channels, R, R)``."""
 
+    pos_embed: Tensor  # (grid^2, dim), registered as a buffer
+
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         self.config = config
@@ -150,9 +155,10 @@ class DiT(nn.Module):
     def _init_weights(self) -> None:
         # DiT's initialisation, then adaLN-Zero: every modulation and the final linear layer at zero.
         init_dit_weights(self)
-        for layer in [block.modulation[-1] for block in self.blocks] + [self.final.modulation[-1], self.final.linear]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        modulations = [m.modulation[-1] for m in self.modules() if isinstance(m, DiTBlock | DiTFinalLayer)]
+        for layer in [*modulations, self.final.linear]:
+            nn.init.zeros_(layer.get_parameter("weight"))
+            nn.init.zeros_(layer.get_parameter("bias"))
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x: (B, C, R, R), noise_labels: (B,) float, class_labels: (B,) int64 or None -> (B, out_channels, R, R)."""

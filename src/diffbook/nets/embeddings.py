@@ -23,6 +23,8 @@ class SinusoidalEmbedding(nn.Module):
     Any real input works, so one module embeds a DDPM step index t in [0, 1000) as well as EDM's ln(sigma)/4.
     """
 
+    freqs: Tensor  # (dim / 2,), registered as a buffer
+
     def __init__(self, dim: int, max_period: float = 10_000.0, endpoint: bool = True) -> None:
         super().__init__()
         if dim < 4 or dim % 2:
@@ -44,6 +46,8 @@ class FourierEmbedding(nn.Module):
     The frequencies are drawn once at construction and never trained; they are saved with the weights, since
     a reloaded network must see the same features. ``scale=16`` suits labels of order one, such as log-sigma.
     """
+
+    freqs: Tensor  # (dim / 2,), registered as a buffer
 
     def __init__(self, dim: int, scale: float = 16.0) -> None:
         super().__init__()
@@ -153,7 +157,8 @@ def load_single_time_weights(net: nn.Module, state_dict: dict[str, Tensor]) -> N
     ``state_dict``, which then start as :meth:`TwoTimeEmbedding.init_from_single_time` sets them. The route of
     BCM fine-tuning: the two-time network starts as the consistency model it was initialised from.
     """
-    if not isinstance(getattr(net, "embed", None), TwoTimeEmbedding):
+    embed = getattr(net, "embed", None)
+    if not isinstance(embed, TwoTimeEmbedding):
         raise ValueError("load_single_time_weights needs a network built with two_times=True")
     new_keys = {key for key in net.state_dict() if key.startswith(("embed.mlp_u.", "embed.merge."))}
     if new_keys <= state_dict.keys():
@@ -164,4 +169,4 @@ def load_single_time_weights(net: nn.Module, state_dict: dict[str, Tensor]) -> N
             "the state_dict is not a single-time version of this network: "
             f"missing {sorted(set(missing) - new_keys)}, unexpected {sorted(unexpected)}"
         )
-    net.embed.init_from_single_time()
+    embed.init_from_single_time()

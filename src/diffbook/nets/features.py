@@ -17,6 +17,7 @@ network's modules (copy it to freeze it apart from the original).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -78,18 +79,29 @@ class DiffusersUNetEncoder(nn.Module):
     states ``(B, L, D)`` -> ``(B, C_mid, H / 2^k, W / 2^k)``, with ``k`` the number of down-sampling blocks.
     """
 
+    # What the encoder takes from the U-Net, declared: diffusers' own annotations do not reach a type checker
+    # (its package root resolves to placeholder classes, and a module's attributes are Tensor | Module).
+    center_input_sample: bool
+    time_proj: nn.Module
+    time_embedding: nn.Module
+    time_embed_act: nn.Module | None
+    conv_in: nn.Module
+    down_blocks: nn.ModuleList
+    mid_block: nn.Module
+
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
-        used = [name for name in _UNSUPPORTED_DIFFUSERS_MODULES if getattr(unet, name, None) is not None]
-        if used or unet.mid_block is None:
+        model: Any = unet  # a UNet2DConditionModel, read through the declarations above
+        used = [name for name in _UNSUPPORTED_DIFFUSERS_MODULES if getattr(model, name, None) is not None]
+        if used or model.mid_block is None:
             problem = f"uses {', '.join(used)}" if used else "has no mid_block"
             raise ValueError(
                 f"middle-block features support Stable-Diffusion-like UNet2DConditionModels; this one {problem}"
             )
-        self.center_input_sample = unet.config.center_input_sample
-        self.time_proj, self.time_embedding = unet.time_proj, unet.time_embedding
-        self.time_embed_act = unet.time_embed_act
-        self.conv_in, self.down_blocks, self.mid_block = unet.conv_in, unet.down_blocks, unet.mid_block
+        self.center_input_sample = model.config.center_input_sample
+        self.time_proj, self.time_embedding = model.time_proj, model.time_embedding
+        self.time_embed_act = model.time_embed_act
+        self.conv_in, self.down_blocks, self.mid_block = model.conv_in, model.down_blocks, model.mid_block
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if self.center_input_sample:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-Config = TypeVar("Config")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's protocol of a dataclass; it exists only for checkers
+
+Config = TypeVar("Config", bound="DataclassInstance")
 
 
 def replace_preset(presets: dict[str, Config], name: str, kind: str, **overrides: Any) -> Config:

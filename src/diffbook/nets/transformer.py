@@ -7,15 +7,30 @@ conv, a fixed 2-D sine-cosine position embedding, and a conditioning vector ``t_
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.nets.embeddings import EmbeddingMLP, SinusoidalEmbedding
 
+
+class PixelTransformerFields(TypedDict):
+    """The config fields that the DiT and latent DiffiT digits16 presets share."""
+
+    in_channels: int
+    resolution: int
+    dim: int
+    depth: int
+    num_heads: int
+    num_classes: int
+    learn_sigma: bool
+
+
 # 16x16 digits as pixels on a CPU (ours): patch 2, an 8x8 token grid, width 96, depth 4. The DiT and the latent
 # DiffiT digits16 presets share these fields, so that the two differ only in how time enters.
-DIGITS16_PIXELS = {
+DIGITS16_PIXELS: PixelTransformerFields = {
     "in_channels": 1,
     "resolution": 16,
     "dim": 96,
@@ -53,7 +68,8 @@ def gated(x: Tensor, gate: Tensor, update: Tensor) -> Tensor:
 class Mlp(nn.Module):
     """``fc2(dropout(GELU_tanh(fc1(x))))``: the transformer's per-token MLP, ``hidden`` wide.
 
-    Dropout acts on the hidden activations, the widest place in the block (DiffiT D11; DiT has none).
+    Dropout acts on the hidden activations, the widest place in the block (DiffiT; book: diffit_decisions, D11).
+    DiT has none.
     """
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
@@ -144,7 +160,7 @@ class TimeLabelEmbedding(nn.Module):
     def init_weights(self) -> None:
         """N(0, 0.02) for the MLP's weights and the label table (DiT)."""
         for layer in (self.mlp[0], self.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.normal_(layer.get_parameter("weight"), std=0.02)
         if self.label is not None:
             nn.init.normal_(self.label.weight, std=0.02)
 
@@ -160,6 +176,6 @@ def init_dit_weights(net: nn.Module) -> None:
     for module in net.modules():  # after the linear layers, which include the embedders' own
         if isinstance(module, PatchEmbed):
             nn.init.xavier_uniform_(module.proj.weight.view(module.proj.out_channels, -1))
-            nn.init.zeros_(module.proj.bias)
+            nn.init.zeros_(module.proj.get_parameter("bias"))
         elif isinstance(module, TimeLabelEmbedding):
             module.init_weights()

@@ -22,6 +22,7 @@ identity and the whole network starts by predicting zero.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -240,15 +241,15 @@ class UNetConfig:
 
 
 # What turns DDPM's network into DDPM++ (see the module docstring).
-_DDPMPP = dict(resample="resblock", decoder_attn="last", skip_scale=math.sqrt(0.5))
+_DDPMPP = UNetConfig(resample="resblock", decoder_attn="last", skip_scale=math.sqrt(0.5))
 
 UNET_PRESETS: dict[str, UNetConfig] = {
     # Ho et al. 2020, CIFAR-10: 35.7M parameters.
     "ddpm_cifar10": UNetConfig(),
     # EDM config F, "DDPM++" for CIFAR-10 (Song et al. 2021 as reimplemented by Karras et al. 2022): 55.7M.
-    "ddpmpp_cifar10": UNetConfig(channel_mult=(2, 2, 2), num_blocks=4, dropout=0.13, **_DDPMPP),
+    "ddpmpp_cifar10": dataclasses.replace(_DDPMPP, channel_mult=(2, 2, 2), num_blocks=4, dropout=0.13),
     # EDM's DDPM++ for FFHQ and AFHQv2 at 64x64: 61.8M.
-    "ddpmpp_ffhq64": UNetConfig(resolution=64, num_blocks=4, dropout=0.05, **_DDPMPP),
+    "ddpmpp_ffhq64": dataclasses.replace(_DDPMPP, resolution=64, num_blocks=4, dropout=0.05),
     # DDPM's network (its conv resampling is the cheaper kind) scaled down for 1-channel digits, to train at a
     # few steps/s with batch 64 on two CPU cores. Full-resolution convolutions dominate the cost, hence only
     # 16 channels at 32x32.
@@ -350,7 +351,7 @@ class UNet(nn.Module):
                 nn.init.zeros_(module.conv1.weight)
             elif isinstance(module, SelfAttention):
                 nn.init.zeros_(module.proj.weight)
-        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].get_parameter("weight"))
 
     @property
     def two_times(self) -> bool:
