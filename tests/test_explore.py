@@ -29,7 +29,8 @@ from diffbook.booktools.explorers import (
 from diffbook.data import gaussian
 from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.experiments.sweep import parse_grid, run_sweep
-from diffbook.nets.diffit import DiffiTUNet, WindowAttention, diffit_unet_preset
+from diffbook.nets.diffit import DiffiTUNet, diffit_unet_preset
+from diffbook.nets.tmsa import WindowAttention
 from diffbook.samplers import sample_seeds
 
 PROCESS = DDPM(T=1000, schedule="linear")

@@ -1,4 +1,4 @@
-"""Iso-Diffusion's isotropy penalty and loss against the closed forms of the spec (§8, §9)."""
+"""Iso-Diffusion's isotropy penalty and loss against the closed forms that chapter 3 derives."""
 
 import pytest
 import torch
@@ -103,7 +103,7 @@ class _GaussianDenoiserGain(nn.Module):
     """``eps_theta(x_t, t) = k * E[eps | x_t]`` for ``N(0, I)`` data, where ``E[eps | x_t] = sqrt(1 - a_t) x_t``.
 
     One learnable gain ``k`` for every step: the population optimum of the per-batch Iso loss solves
-    ``k (1 - 2 lambda (1 - k^2 m*)) = 1`` with ``m* = E_t (1 - a_t)`` (spec §8, derived).
+    ``k (1 - 2 lambda (1 - k^2 m*)) = 1`` with ``m* = E_t (1 - a_t)`` (derived in chapter 3).
     """
 
     def __init__(self, process: DDPM) -> None:
@@ -117,7 +117,7 @@ class _GaussianDenoiserGain(nn.Module):
 
 
 def test_exact_denoiser_of_gaussian_data_has_isotropy_below_one():
-    """m* = 1 - mean_t alpha_bar_t = 0.7245 for the linear schedule (spec §8): the optimum is not isotropic."""
+    """m* = 1 - mean_t alpha_bar_t = 0.7245 for the linear schedule (chapter 3): the optimum is not isotropic."""
     process = DDPM()
     model = Denoiser(_GaussianDenoiserGain(process), process)
     out = IsoLoss(weight=0.0)(model, torch.randn(200_000, 2), torch.Generator().manual_seed(7))
@@ -145,7 +145,7 @@ def test_trained_gain_reaches_the_population_optimum_c(weight):
     c = _solve_gain(weight, m_star)
     assert sum(gains) / len(gains) == pytest.approx(c, abs=0.01)
     if weight == 0.3:
-        assert c == pytest.approx(1.091, abs=0.002)  # the spec's table of c
+        assert c == pytest.approx(1.091, abs=0.002)  # chapter 3's table of c
 
 
 def _solve_gain(weight: float, m_star: float) -> float:

@@ -32,8 +32,8 @@ from benchmarks.perf.suite import (
 from benchmarks.perf.timing import time_training_steps
 from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.nets import UNet, unet_preset
-from diffbook.nets.diffit import LatentDiffiT
 from diffbook.nets.dit import DiT, dit_preset
+from diffbook.nets.latent_diffit import LatentDiffiT
 from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
 
 CPU = torch.device("cpu")

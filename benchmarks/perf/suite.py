@@ -47,8 +47,8 @@ from diffbook.data import load_image_dataset
 from diffbook.data.sources import ImagesOnly
 from diffbook.diffusion import DDPM, EDM, Denoiser
 from diffbook.nets import UNet, unet_preset
-from diffbook.nets.diffit import LatentDiffiT, latent_diffit_preset
 from diffbook.nets.dit import DiT, DiTConfig, dit_preset
+from diffbook.nets.latent_diffit import LatentDiffiT, latent_diffit_preset
 from diffbook.runtime.precision import AUTOCAST_DTYPES
 from diffbook.samplers import DDIMOptions, Sampler
 from diffbook.train.trainer import EpochBatches

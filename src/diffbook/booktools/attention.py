@@ -38,8 +38,8 @@ class AttentionState:
 
 
 def attention_layers(net: torch.nn.Module) -> list[str]:
-    """The names of a network's windowed attention layers (:class:`~diffbook.nets.diffit.WindowAttention`)."""
-    from diffbook.nets.diffit import WindowAttention
+    """The names of a network's windowed attention layers (:class:`~diffbook.nets.tmsa.WindowAttention`)."""
+    from diffbook.nets.tmsa import WindowAttention
 
     return [name for name, module in net.named_modules() if isinstance(module, WindowAttention)]
 

@@ -15,16 +15,10 @@ from typing import Any
 from torch import nn
 
 from diffbook.config.schema import parse_options
-from diffbook.nets.diffit import (
-    DiffiTUNet,
-    DiffiTUNetConfig,
-    LatentDiffiT,
-    LatentDiffiTConfig,
-    diffit_unet_preset,
-    latent_diffit_preset,
-)
+from diffbook.nets.diffit import DiffiTUNet, DiffiTUNetConfig, diffit_unet_preset
 from diffbook.nets.diffusers_unet import StableDiffusionUNetConfig, load_stable_diffusion_unet
 from diffbook.nets.dit import DiT, DiTConfig, dit_preset
+from diffbook.nets.latent_diffit import LatentDiffiT, LatentDiffiTConfig, latent_diffit_preset
 from diffbook.nets.mlp import TimeMLP
 from diffbook.nets.unet import UNet, UNetConfig, unet_preset
 
