@@ -32,7 +32,7 @@ from diffbook.runtime.precision import AUTOCAST_DTYPES, autocast_dtype
 from diffbook.runtime.progress import progress_bar
 from diffbook.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from diffbook.train.ema import EMA, ema_decay
-from diffbook.viz import save_image_grid
+from diffbook.data.grid import save_image_grid
 
 Objective = Callable[..., dict[str, Tensor]]
 SampleFn = Callable[[nn.Module, int], Tensor | None]
