@@ -14,10 +14,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from diffbook.samplers.bcm_applications import inpaint, interpolate, jpeg_compress, restore, slerp
 from diffbook.config import build_model, build_objective, build_sampler, load_config, load_init_weights
 from diffbook.data import GaussianMixture, gaussian
-from diffbook.diffusion import BCMProcess, BidirectionalConsistency
+from diffbook.diffusion import BCMProcess, BidirectionalConsistency, karras_grid
 from diffbook.metrics.flow import (
     consistency_scores,
     ddim_inversion_baseline,
@@ -27,7 +26,7 @@ from diffbook.metrics.flow import (
 )
 from diffbook.nets import TimeMLP, UNet, load_single_time_weights, unet_preset
 from diffbook.objectives import BCMLoss
-from diffbook.objectives.bcm import curriculum, draw_u_indices, index_probabilities, karras_grid, pseudo_huber
+from diffbook.objectives.bcm import curriculum, draw_u_indices, index_probabilities, pseudo_huber
 from diffbook.samplers import (
     INVERSIONS,
     MULTISTEP_LEVELS,
@@ -41,6 +40,7 @@ from diffbook.samplers import (
     run_schedule,
     schedule_nfe,
 )
+from diffbook.samplers.bcm_applications import inpaint, interpolate, jpeg_compress, restore, slerp
 from diffbook.sweep import flow_scores
 from diffbook.train import TrainConfig, Trainer, train
 

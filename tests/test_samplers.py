@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from diffbook.data import GaussianMixture
-from diffbook.diffusion import DDPM
-from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, timesteps
+from diffbook.diffusion import DDPM, karras_sigmas
+from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, timesteps
 from diffbook.samplers.ddpm import ddim_step, fast_ddim_step
 from diffbook.samplers.edm import euler_step, fast_euler_step, fast_heun_step, heun_step
 

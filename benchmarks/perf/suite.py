@@ -45,12 +45,12 @@ from benchmarks.perf.peers import (
 from benchmarks.perf.synthetic import cifar10_checksums, digits_images, patched, random_cifar10, write_png_folder
 from diffbook.config import ImagesOnly
 from diffbook.data import load_image_dataset
-from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.diffusion import DDPM, EDM, Denoiser, karras_sigmas
 from diffbook.nets import UNet, unet_preset
 from diffbook.nets.diffit import LatentDiffiT, latent_diffit_preset
 from diffbook.nets.dit import DiT, DiTConfig, dit_preset
 from diffbook.runtime.precision import AUTOCAST_DTYPES
-from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
+from diffbook.samplers import ddim_sample, edm_sample
 from diffbook.train.batches import EpochBatches
 
 

@@ -1,6 +1,7 @@
 """Samplers: DDPM ancestral and DDIM on a discrete schedule; EDM's Euler and Heun on any denoiser; jumps of a
 (bidirectional) consistency model."""
 
+from diffbook.diffusion.edm import karras_sigmas  # until config.py and explore.py import it from diffbook.diffusion
 from diffbook.samplers.common import DenoiserFn, SamplerOutput
 from diffbook.samplers.consistency import (
     INVERSIONS,
@@ -15,7 +16,7 @@ from diffbook.samplers.consistency import (
     schedule_nfe,
 )
 from diffbook.samplers.ddpm import ancestral_variance, ddim_sample, ddpm_sample, timesteps
-from diffbook.samplers.edm import edm_sample, karras_sigmas, ode_flow
+from diffbook.samplers.edm import edm_sample, ode_flow
 from diffbook.samplers.guidance import GuidedDenoiser, guide, power_cosine_scale
 
 __all__ = [

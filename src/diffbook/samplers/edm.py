@@ -1,6 +1,7 @@
 """EDM's samplers (Karras et al. 2022, Algorithms 1-2): Euler and Heun on the probability-flow ODE
 ``dx/dsigma = (x - D(x; sigma)) / sigma``, optionally with "churn" (stochastic noise injection); and the same
-ODE between any two positive levels, either way (:func:`ode_flow`: DDIM inversion, exact reference flows)."""
+ODE between any two positive levels, either way (:func:`ode_flow`: DDIM inversion, exact reference flows). The
+levels EDM samples on are :func:`~diffbook.diffusion.edm.karras_sigmas`."""
 
 from __future__ import annotations
 
@@ -11,20 +12,6 @@ import torch
 from torch import Tensor
 
 from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise, randn_like
-
-
-def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
-    """``steps`` noise levels ``sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min``, then ``sigma_N = 0``.
-
-    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``. Float64, (N+1,).
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if not 0 < sigma_min <= sigma_max:
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
 
 
 def euler_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
