@@ -1,7 +1,6 @@
 """Samplers: DDPM ancestral and DDIM on a discrete schedule; EDM's Euler and Heun on any denoiser; jumps of a
 (bidirectional) consistency model."""
 
-from diffbook.diffusion.edm import karras_sigmas  # until config.py and explore.py import it from diffbook.diffusion
 from diffbook.samplers.common import DenoiserFn, SamplerOutput
 from diffbook.samplers.consistency import (
     INVERSIONS,
@@ -34,7 +33,6 @@ __all__ = [
     "guide",
     "inversion_chain",
     "invert",
-    "karras_sigmas",
     "multistep_schedule",
     "ode_flow",
     "power_cosine_scale",
