@@ -19,10 +19,10 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.perf import synchronize
-from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.diffusion import DDPM, EDM, Denoiser, karras_sigmas
 from diffbook.nets import TimeMLP, UNet, unet_preset
 from diffbook.objectives import DenoisingLoss
-from diffbook.samplers import edm_sample, karras_sigmas
+from diffbook.samplers import edm_sample
 
 
 def median_rate(work: Callable[[], None], count: int, repeats: int, device: torch.device) -> float:

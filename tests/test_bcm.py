@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from diffbook.data import GaussianMixture, gaussian
-from diffbook.diffusion import BCMProcess, BidirectionalConsistency
+from diffbook.diffusion import BCMProcess, BidirectionalConsistency, karras_grid
 from diffbook.experiments import Experiment
 from diffbook.experiments.scoring import flow_scores
 from diffbook.metrics.flow import (
@@ -27,7 +27,7 @@ from diffbook.metrics.flow import (
 )
 from diffbook.nets import TimeMLP, UNet, load_single_time_weights, unet_preset
 from diffbook.objectives import BCMLoss
-from diffbook.objectives.bcm import curriculum, draw_u_indices, index_probabilities, karras_grid, pseudo_huber
+from diffbook.objectives.bcm import curriculum, draw_u_indices, index_probabilities, pseudo_huber
 from diffbook.samplers import (
     INVERSIONS,
     MULTISTEP_LEVELS,

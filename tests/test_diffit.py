@@ -43,7 +43,8 @@ def meta_count(cls, config) -> int:
         return trainable(cls(config))
 
 
-# Parameter counts (the paper's Tables 1, 2 and 9, and book: diffit_decisions; the fixed position embedding is a buffer, so it is excluded)
+# Parameter counts (the paper's Tables 1, 2 and 9; book: diffit_decisions). The fixed position embedding is a
+# buffer, so it is excluded.
 
 
 @pytest.mark.parametrize(
@@ -76,12 +77,12 @@ def test_latent_diffit_time_projection_costs_three_d_squared_per_block_and_saves
     ("preset", "expected", "stated_millions"),
     [("cifar10", 15_871_427, 15.9), ("cifar10_l4", 28_684_803, 28.7), ("ffhq64", 23_797_979, 23.8)],
 )
-def test_image_diffit_unet_counts_match_the_specs_derivation(preset, expected, spec_millions):
+def test_image_diffit_unet_counts_match_the_derived_counts(preset, expected, stated_millions):
     count = meta_count(DiffiTUNet, diffit_unet_preset(preset))
     assert count == expected and count / 1e6 == pytest.approx(stated_millions, abs=0.05)
 
 
-def test_one_resblock_costs_what_the_spec_derives():
+def test_one_resblock_costs_what_its_layers_add_up_to():
     # 0.54 M at C = 128 and 1.77 M at C = 256 (GN, conv3x3, TMSA with a 512-dim token, bias table, MLP).
     net = DiffiTUNet(diffit_unet_preset("cifar10", num_blocks=(1, 1, 1)))
     assert trainable(net.encoder[0][0]) == 542_788 and trainable(net.bottleneck[0]) == 1_773_704

@@ -30,11 +30,11 @@ from benchmarks.perf.suite import (
     training_gflops,
 )
 from benchmarks.perf.timing import time_training_steps
-from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.diffusion import DDPM, EDM, Denoiser, karras_sigmas
 from diffbook.nets import UNet, unet_preset
 from diffbook.nets.dit import DiT, dit_preset
 from diffbook.nets.latent_diffit import LatentDiffiT
-from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
+from diffbook.samplers import ddim_sample, edm_sample
 
 CPU = torch.device("cpu")
 

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from diffbook.data import GaussianMixture
-from diffbook.diffusion import DDPM
+from diffbook.diffusion import DDPM, karras_sigmas
 from diffbook.experiments import Experiment
-from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, karras_sigmas, timesteps
+from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, timesteps
+from diffbook.samplers.ddpm import ddim_step, fast_ddim_step
+from diffbook.samplers.edm import euler_step, fast_euler_step, fast_heun_step, heun_step
 
 MEAN = torch.tensor([1.0, -0.5])
 STD = 0.5
@@ -207,3 +209,35 @@ def test_a_samplers_network_calls_are_counted_before_it_runs(config, overrides, 
     model.net.register_forward_hook(lambda *_: calls.append(1))
     output = sampler(model, torch.randn(4, 2), None, torch.Generator().manual_seed(0))
     assert sampler.nfe == output.nfe == len(calls) == nfe
+
+
+def test_the_fast_solver_steps_compute_edms_algorithm_as_written():
+    """``lerp`` and the fused add of the sampler against EDM's Algorithm 2, lines 7-8 and 10-11, in float64."""
+    x, denoised, x_next, denoised_next = torch.randn(
+        4, 16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    for sigma, sigma_next in ((80.0, 57.3), (1.3, 0.9), (0.004, 0.002), (0.002, 0.0)):
+        torch.testing.assert_close(
+            fast_euler_step(x, denoised, sigma, sigma_next), euler_step(x, denoised, sigma, sigma_next)
+        )
+        if sigma_next > 0:
+            torch.testing.assert_close(
+                fast_heun_step(x, denoised, x_next, denoised_next, sigma, sigma_next),
+                heun_step(x, denoised, x_next, denoised_next, sigma, sigma_next),
+            )
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_the_fast_ddim_step_computes_ddims_update_as_written(eta):
+    """The substituted update of the sampler against DDIM's Eq. 12, in float64, on the trailing steps of a
+    zero-terminal-SNR schedule (its first step has ``alpha_bar = 0``)."""
+    process = DDPM(prediction="v", zero_terminal_snr=True)
+    x, x0 = torch.randn(2, 16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = timesteps(process.T, 20, "trailing")
+    for t, t_prev in zip(ts, [*ts[1:], None], strict=True):
+        alpha_bar = float(process.alpha_bar[t])
+        alpha_bar_prev = float(process.alpha_bar[t_prev]) if t_prev is not None else 1.0
+        s = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
+        torch.testing.assert_close(
+            fast_ddim_step(x, x0, alpha_bar, alpha_bar_prev, s), ddim_step(x, x0, alpha_bar, alpha_bar_prev, s)
+        )

@@ -1,9 +1,9 @@
 """The self-perceptual objective (Lin & Yang 2024) and what it stands on: zero terminal SNR, the terminal step of
-the denoiser and of DDIM, guidance with rescale, middle-block features, the configs and the Stable Diffusion script.
+the denoiser and of DDIM, guidance with rescale, middle-block features, the configs and the Stable Diffusion configs.
 
-Known answers (the identities of chapter 5): the loss vanishes for the exact prediction and, in the paper form, at t' = t; the
-re-noised difference is sin(phi' - phi)(v_hat - v), or cos(phi')(x0_hat - x0) with the same noise; an affine
-frozen network gives sin^2(phi' - phi) ||W (v_hat - v)||^2.
+Known answers (the identities of chapter 5): the loss vanishes for the exact prediction and, in the paper form, at
+t' = t; the re-noised difference is sin(phi' - phi)(v_hat - v), or cos(phi')(x0_hat - x0) with the same noise; an
+affine frozen network gives sin^2(phi' - phi) ||W (v_hat - v)||^2.
 """
 
 import json

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from diffbook.data.toy2d import sample_toy
-from diffbook.diffusion import DDPM, EDM, Denoiser
+from diffbook.diffusion import DDPM, EDM, Denoiser, karras_sigmas
 from diffbook.metrics import sliced_wasserstein
 from diffbook.nets.mlp import TimeMLP
 from diffbook.objectives import DenoisingLoss
 from diffbook.runtime.progress import progress_bar
-from diffbook.samplers import ddim_sample, edm_sample, karras_sigmas
+from diffbook.samplers import ddim_sample, edm_sample
 from diffbook.train import EMA, ema_decay, infinite_batches, train
 
 

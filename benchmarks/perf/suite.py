@@ -51,7 +51,7 @@ from diffbook.nets.dit import DiT, DiTConfig, dit_preset
 from diffbook.nets.latent_diffit import LatentDiffiT, latent_diffit_preset
 from diffbook.runtime.precision import AUTOCAST_DTYPES
 from diffbook.samplers import DDIMOptions, Sampler
-from diffbook.train.trainer import EpochBatches
+from diffbook.train.batches import EpochBatches
 
 
 @dataclass(frozen=True)

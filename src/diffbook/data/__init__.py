@@ -1,5 +1,6 @@
-"""Data: two-dimensional toy distributions (some with closed-form densities) and image datasets."""
+"""Data: two-dimensional toy distributions (some with closed-form densities), image datasets and image grids."""
 
+from diffbook.data.grid import image_grid, save_image_grid
 from diffbook.data.images import (
     IMAGE_DATASETS,
     DatasetNotFoundError,
@@ -41,9 +42,11 @@ __all__ = [
     "eight_gaussians_mixture",
     "gaussian",
     "has_density",
+    "image_grid",
     "info",
     "load_image_dataset",
     "sample_toy",
+    "save_image_grid",
     "stack_dataset",
     "twenty_five_gaussians_mixture",
 ]

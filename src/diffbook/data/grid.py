@@ -1,4 +1,4 @@
-"""Image grids: many images tiled into one picture, for the trainer's previews and the book's figures."""
+"""Image grids: a batch of images tiled into one array, and saved as one PNG (a run's sample grids)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from torch import Tensor
 
 def image_grid(images: Tensor, nrow: int | None = None, padding: int = 1) -> np.ndarray:
     """Tile ``images: (N, C, H, W)`` in [-1, 1] into one ``(rows*H, nrow*W, C)`` array in [0, 1] (C = 1 or 3)."""
-    images = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
-    n, c, h, w = images.shape
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
+    n, c, h, w = pixels.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / nrow))
     grid = np.ones((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), dtype=np.float32)
-    for k, image in enumerate(images):
+    for k, image in enumerate(pixels):
         top, left = padding + (k // nrow) * (h + padding), padding + (k % nrow) * (w + padding)
         grid[top : top + h, left : left + w] = image.transpose(1, 2, 0)
     return grid

@@ -10,7 +10,7 @@ from diffbook.diffusion.ddpm import (
     scaled_linear_betas,
 )
 from diffbook.diffusion.denoiser import Denoiser, Process, vp_scalings
-from diffbook.diffusion.edm import EDM, VE, VP
+from diffbook.diffusion.edm import EDM, VE, VP, karras_grid, karras_sigmas
 from diffbook.diffusion.parametrization import (
     PREDICTIONS,
     append_dims,
@@ -37,6 +37,8 @@ __all__ = [
     "convert",
     "cosine_betas",
     "from_x0",
+    "karras_grid",
+    "karras_sigmas",
     "linear_betas",
     "rescale_zero_terminal_snr",
     "scaled_linear_betas",

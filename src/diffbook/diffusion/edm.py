@@ -1,4 +1,5 @@
-"""EDM's formulation (Karras et al. 2022, Table 1): one denoiser ``D(x; sigma)`` with three preconditionings.
+"""EDM's formulation (Karras et al. 2022, Table 1): one denoiser ``D(x; sigma)`` with three preconditionings,
+and EDM's noise levels (Eq. 5), which the samplers step through and consistency training draws from.
 
 ``D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))`` in the variance-exploding
 coordinates ``x = x_0 + sigma n``. Each class below is a *process*: it owns the scalings, the training
@@ -13,6 +14,42 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """EDM's sampling levels (Eq. 5): ``steps`` noise levels ``sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min``,
+    then ``sigma_N = 0``.
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``. Float64, (N+1,).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not 0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    return torch.cat([_rho_spaced(steps, sigma_max, sigma_min, rho), torch.zeros(1, dtype=torch.float64)])
+
+
+def karras_grid(N: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """The levels of :func:`karras_sigmas` in increasing order and without the final zero, the grid that
+    consistency training draws its pairs of levels from (iCT, Song & Dhariwal 2023; :mod:`diffbook.objectives.bcm`).
+
+    ``sigma_i = (sigma_min^(1/rho) + i/(N-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``: increasing, (N,).
+    Float64.
+    """
+    if N < 2:
+        raise ValueError(f"the grid needs N >= 2 noise levels, got {N}")
+    return _rho_spaced(N, sigma_min, sigma_max, rho)
+
+
+def _rho_spaced(n: int, first: float, last: float, rho: float) -> Tensor:
+    """``n`` levels from ``first`` to ``last``, evenly spaced in ``sigma^(1/rho)``: float64, (n,).
+
+    Spaced from ``first``, so that each order rounds as it always has: the decreasing levels flipped are not the
+    increasing ones bit for bit (up to 35 ulp apart after the power ``rho``).
+    """
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    start, end = first ** (1 / rho), last ** (1 / rho)
+    return (start + ramp * (end - start)) ** rho
 
 
 def _draw(n: int, generator: torch.Generator | None, device, sampler) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffbook.data.toy2d import GaussianMixture
 from diffbook.diffusion.consistency import BidirectionalConsistency
+from diffbook.diffusion.edm import karras_sigmas
 from diffbook.metrics.toy import mmd_rbf
 from diffbook.samplers.common import DenoiserFn
 from diffbook.samplers.consistency import (
@@ -30,7 +31,7 @@ from diffbook.samplers.consistency import (
     multistep_schedule,
     run_schedule,
 )
-from diffbook.samplers.edm import edm_sample, karras_sigmas, ode_flow
+from diffbook.samplers.edm import edm_sample, ode_flow
 
 MMD_BANDWIDTH = 0.1  # the eight Gaussians' own std: the kernel sees whether samples sit on the modes
 INVERSION_START = 0.07  # the authors' first inversion level (samplers.consistency.INVERSIONS)

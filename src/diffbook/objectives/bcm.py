@@ -1,8 +1,9 @@
 """Bidirectional consistency training (BCT; Li & He 2024), built on improved consistency training (iCT; Song &
 Dhariwal 2023).
 
-Noise levels live on a Karras grid ``sigma_0 = sigma_min < ... < sigma_{N-1} = sigma_max`` (``rho = 7``) whose
-size ``N`` doubles along training (:func:`curriculum`). Each step, per sample, with one ``z ~ N(0, I)``::
+Noise levels live on a Karras grid ``sigma_0 = sigma_min < ... < sigma_{N-1} = sigma_max`` (``rho = 7``;
+:func:`~diffbook.diffusion.edm.karras_grid`) whose size ``N`` doubles along training (:func:`curriculum`). Each
+step, per sample, with one ``z ~ N(0, I)``::
 
     i ~ p (lognormal over grid intervals);  t = sigma_{i+1},  t' = sigma_i
     target = f_sg(x_0 + t' z, t', sigma_min)                       no gradient at all
@@ -33,23 +34,12 @@ from torch import Tensor
 from torch.func import functional_call
 
 from diffbook.diffusion.consistency import BidirectionalConsistency
+from diffbook.diffusion.edm import karras_grid
 from diffbook.diffusion.parametrization import append_dims
 from diffbook.objectives.denoising import split_batch
 from diffbook.objectives.registry import OBJECTIVES
 
 HUBER_SCALE = 0.00054  # iCT: c = 0.00054 sqrt(dim), 0.03 for CIFAR-10
-
-
-def karras_grid(N: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
-    """``sigma_i = (sigma_min^(1/rho) + i/(N-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``: increasing, (N,).
-
-    Float64; the reverse of :func:`diffbook.samplers.karras_sigmas` without its final zero.
-    """
-    if N < 2:
-        raise ValueError(f"the grid needs N >= 2 noise levels, got {N}")
-    ramp = torch.linspace(0, 1, N, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (lo + ramp * (hi - lo)) ** rho
 
 
 def curriculum(step: int, s0: int, s1: int, total_steps: int) -> int:

@@ -22,7 +22,7 @@ at high noise the MMSE prediction tends to the data mean, whose structure no den
 Under several processes the structure is over the global batch: features and noise levels are all-gathered
 (:func:`~diffbook.runtime.distributed.all_gather_with_grad`), so a run on ``W`` ranks computes the loss and the
 gradients of one process on the same batch. The objective is a two-player objective of the Trainer
-(:class:`~diffbook.train.trainer.TwoPlayerObjective`): ``adversary`` is the encoder, trained by
+(:class:`~diffbook.train.players.TwoPlayerObjective`): ``adversary`` is the encoder, trained by
 :meth:`SADMLoss.adversary_loss` with its own optimizer.
 """
 

@@ -15,7 +15,7 @@ from diffbook.samplers.consistency import (
     schedule_nfe,
 )
 from diffbook.samplers.ddpm import ancestral_variance, ddim_sample, ddpm_sample, timesteps
-from diffbook.samplers.edm import edm_sample, karras_sigmas, ode_flow
+from diffbook.samplers.edm import edm_sample, ode_flow
 from diffbook.samplers.guidance import GuidedDenoiser, guide, power_cosine_scale
 from diffbook.samplers.registry import (
     SAMPLERS,
@@ -56,7 +56,6 @@ __all__ = [
     "guide",
     "inversion_chain",
     "invert",
-    "karras_sigmas",
     "multistep_schedule",
     "ode_flow",
     "power_cosine_scale",

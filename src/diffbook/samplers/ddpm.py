@@ -77,6 +77,24 @@ def ancestral_variance(
     return torch.exp(frac * math.log(beta) + (1 - frac) * math.log(small))
 
 
+def ddim_step(x: Tensor, x0: Tensor, alpha_bar: float, alpha_bar_prev: float, s: float) -> Tensor:
+    """DDIM's update without its noise term as the paper writes it (Song et al. 2021, Eq. 12): the noise
+    ``eps_hat`` implied by ``x0_hat``, then ``sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - s^2) eps_hat``.
+
+    ``x, x0 = x0_hat: (B, ...)``, the VP state at the step with ``alpha_bar`` -> the state at ``alpha_bar_prev``
+    before ``s z`` is added, ``(B, ...)``. The root's argument is floored at 0 against rounding (``eta = 1``).
+    """
+    eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+    return alpha_bar_prev**0.5 * x0 + max(1 - alpha_bar_prev - s**2, 0.0) ** 0.5 * eps
+
+
+def fast_ddim_step(x: Tensor, x0: Tensor, alpha_bar: float, alpha_bar_prev: float, s: float) -> Tensor:
+    """:func:`ddim_step` with ``eps_hat`` substituted, ``k x + (sqrt(ab_prev) - k sqrt(ab)) x0_hat`` for
+    ``k = sqrt(1 - ab_prev - s^2) / sqrt(1 - ab)``: two kernels instead of five."""
+    k = max(1 - alpha_bar_prev - s**2, 0.0) ** 0.5 / (1 - alpha_bar) ** 0.5
+    return torch.add(x0 * (alpha_bar_prev**0.5 - k * alpha_bar**0.5), x, alpha=k)
+
+
 @torch.no_grad()
 def ddpm_sample(
     denoiser: DenoiserFn,
@@ -149,9 +167,7 @@ def ddim_sample(
             x0 = x0.clamp(-clip_denoised, clip_denoised)
         alpha_bar_prev = float(process.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         s = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
-        # With eps_hat = (x - sqrt(ab) x0_hat) / sqrt(1 - ab), the update is k x + (sqrt(ab_prev) - k sqrt(ab)) x0_hat.
-        k = max(1 - alpha_bar_prev - s**2, 0.0) ** 0.5 / (1 - alpha_bar) ** 0.5
-        x = torch.add(x0 * (alpha_bar_prev**0.5 - k * alpha_bar**0.5), x, alpha=k)
+        x = fast_ddim_step(x, x0, alpha_bar, alpha_bar_prev, s)
         if s > 0:
             x = x + s * randn_like(x, generator)
     record(x, 0.0)

@@ -1,6 +1,7 @@
 """EDM's samplers (Karras et al. 2022, Algorithms 1-2): Euler and Heun on the probability-flow ODE
 ``dx/dsigma = (x - D(x; sigma)) / sigma``, optionally with "churn" (stochastic noise injection); and the same
-ODE between any two positive levels, either way (:func:`ode_flow`: DDIM inversion, exact reference flows)."""
+ODE between any two positive levels, either way (:func:`ode_flow`: DDIM inversion, exact reference flows). The
+levels EDM samples on are :func:`~diffbook.diffusion.edm.karras_sigmas`."""
 
 from __future__ import annotations
 
@@ -13,18 +14,41 @@ from torch import Tensor
 from diffbook.samplers.common import DenoiserFn, SamplerOutput, TrajectoryRecorder, denoise, randn_like
 
 
-def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
-    """``steps`` noise levels ``sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min``, then ``sigma_N = 0``.
+def euler_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    """One Euler step of ``dx/dsigma = (x - D(x; sigma)) / sigma`` as EDM writes it (Algorithm 2, lines 7-8).
 
-    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``. Float64, (N+1,).
+    ``x, denoised = D(x; sigma): (B, ...)`` -> the state at ``sigma_next``, ``(B, ...)``.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if not 0 < sigma_min <= sigma_max:
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
+    d = (x - denoised) / sigma
+    return x + (sigma_next - sigma) * d
+
+
+def fast_euler_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    """:func:`euler_step` as one interpolation towards ``D``, ``x + (s' - s) (x - D) / s = lerp(x, D, 1 - s'/s)``:
+    one kernel instead of three."""
+    return torch.lerp(x, denoised, 1 - sigma_next / sigma)
+
+
+def heun_step(
+    x: Tensor, denoised: Tensor, x_next: Tensor, denoised_next: Tensor, sigma: float, sigma_next: float
+) -> Tensor:
+    """Heun's correction of an Euler step as EDM writes it (Algorithm 2, lines 10-11): the step from ``x`` with the
+    mean of the slopes at both ends, ``x + (s' - s) (d + d') / 2``.
+
+    ``x, denoised = D(x; sigma)``, the Euler step's end ``x_next`` and ``denoised_next = D(x_next; sigma_next)``,
+    all ``(B, ...)`` -> the corrected state at ``sigma_next``, ``(B, ...)``.
+    """
+    d = (x - denoised) / sigma
+    d_next = (x_next - denoised_next) / sigma_next
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+def fast_heun_step(
+    x: Tensor, denoised: Tensor, x_next: Tensor, denoised_next: Tensor, sigma: float, sigma_next: float
+) -> Tensor:
+    """:func:`heun_step` with the step's scalar factor folded into the final add (``torch.add`` with ``alpha``)."""
+    slopes = (x - denoised) / sigma + (x_next - denoised_next) / sigma_next
+    return torch.add(x, slopes, alpha=(sigma_next - sigma) / 2)
 
 
 @torch.no_grad()
@@ -61,13 +85,11 @@ def edm_sample(
         if gamma > 0:
             x = x + (sigma_hat**2 - sigma**2) ** 0.5 * S_noise * randn_like(x, generator)
         denoised = denoise(denoiser, x, sigma_hat, class_labels)
-        # Euler, x + (sigma_next - sigma_hat) (x - D) / sigma_hat, as one interpolation towards D.
-        x_next = torch.lerp(x, denoised, 1 - sigma_next / sigma_hat)
+        x_next = fast_euler_step(x, denoised, sigma_hat, sigma_next)
         nfe += 1
         if solver == "heun" and sigma_next > 0:
             denoised_next = denoise(denoiser, x_next, sigma_next, class_labels)
-            slopes = (x - denoised) / sigma_hat + (x_next - denoised_next) / sigma_next
-            x_next = torch.add(x, slopes, alpha=(sigma_next - sigma_hat) / 2)  # the mean of the two slopes
+            x_next = fast_heun_step(x, denoised, x_next, denoised_next, sigma_hat, sigma_next)
             nfe += 1
         x = x_next
     record(x, 0.0)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from diffbook.diffusion.denoiser import Denoiser, combine
+from diffbook.diffusion.denoiser import Denoiser, fast_denoised
 from diffbook.diffusion.parametrization import append_dims, as_batch
 
 
@@ -95,7 +95,7 @@ class GuidedDenoiser(nn.Module):
         """Guided ``E[x_0 | x]`` in variance-exploding coordinates: ``x: (B, ...)``."""
         out, (c_skip, c_out, _, _) = self.denoiser.raw(x, sigma, class_labels)
         out = self._guided(out, lambda labels: self.denoiser.raw(x, sigma, labels)[0], sigma, class_labels)
-        return combine(c_skip, x, c_out, out)
+        return fast_denoised(c_skip, x, c_out, out)
 
     def forward_vp(self, x_vp: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         """Guided ``E[x_0 | x]`` from the variance-preserving state ``x_vp: (B, ...)`` (finite at ``sigma = inf``)."""
@@ -109,7 +109,7 @@ class GuidedDenoiser(nn.Module):
         if require_variance and v is None:
             raise ValueError(f"{type(self.denoiser.net).__name__} does not learn its variance (learn_sigma=False)")
         out = self._guided(out, lambda labels: self.denoiser.raw_vp(x_vp, sigma, labels)[0], sigma, class_labels)
-        return combine(c_skip, x_vp, c_out, out), v
+        return fast_denoised(c_skip, x_vp, c_out, out), v
 
     def _guided(
         self, cond: Tensor, uncond_fn: Callable[[Tensor | None], Tensor], sigma: Tensor | float, labels: Tensor | None

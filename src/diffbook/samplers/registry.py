@@ -15,10 +15,11 @@ from torch import Tensor
 
 from diffbook.config.schema import parse_options
 from diffbook.diffusion.denoiser import Denoiser
+from diffbook.diffusion.edm import karras_sigmas
 from diffbook.samplers.common import DenoiserFn, NoiseSource, SamplerOutput
 from diffbook.samplers.consistency import SCHEDULES, consistency_sample, schedule_nfe
 from diffbook.samplers.ddpm import ddim_sample, ddpm_sample
-from diffbook.samplers.edm import edm_sample, karras_sigmas
+from diffbook.samplers.edm import edm_sample
 from diffbook.samplers.guidance import GuidedDenoiser
 
 

@@ -31,7 +31,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """The states of Python's, NumPy's and torch's global generators (and the current GPU's, once in use)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    numpy_state = np.random.get_state(legacy=True)
+    if isinstance(numpy_state, dict):  # legacy=True gives a tuple unless the global bit generator is not MT19937
+        raise TypeError("NumPy's global generator is not MT19937, so its state is not the legacy tuple")
+    name, keys, position, has_gauss, cached_gaussian = numpy_state
     return {
         "python": random.getstate(),
         # As plain ints, so that loading needs no NumPy globals and stays weights_only.

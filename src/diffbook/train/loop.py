@@ -8,7 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from diffbook.train.trainer import EpochBatches, Objective, TrainConfig, Trainer, TrainResult
+from diffbook.train.batches import EpochBatches
+from diffbook.train.config import TrainConfig
+from diffbook.train.players import Objective
+from diffbook.train.trainer import Trainer, TrainResult
 
 
 def infinite_batches(

@@ -1,4 +1,5 @@
-"""Figures the chapters share: image grids, 2D scatter plots, sampler trajectories and vector fields."""
+"""Figures the chapters share: image grids (tiled by :mod:`diffbook.data.grid`), 2D scatter plots, sampler
+trajectories and vector fields."""
 
 from __future__ import annotations
 
