@@ -128,3 +128,42 @@ def test_objective_keys_depend_on_its_kind():
         Experiment.load("toy/iso", ["objective.weigth=0.3"])
     with pytest.raises(ValueError, match="objective.kind must be one of"):
         Experiment.load("toy/ddpm", ["objective.kind=isotropic"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.steps=many", r"train\.steps must be an integer, got 'many'"),
+        ("train.lr=true", r"train\.lr must be a number, got True"),
+        ("objective.form=both", r"objective\.form must be one of 'batch', 'sample'"),
+        ("network.overrides.channel_mult=3", r"network\.overrides\.channel_mult must be a list, got 3"),
+        ("sample.S_churn=lots", r"sample\.S_churn must be a number"),
+        ("data.n=null", r"data\.n must be an integer, got None"),
+        ("process={kind: vp, beta_d: x}", r"process\.beta_d must be a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_an_error_naming_the_key_and_the_type(override, message):
+    name = "toy/iso" if override.startswith(("objective", "data")) else "digits/edm"
+    with pytest.raises(ValueError, match=message):
+        Experiment.load(name, [override])
+
+
+def test_a_missing_required_key_and_a_kind_that_needs_a_preset_are_errors():
+    with pytest.raises(ValueError, match=r"data\.root is required"):
+        Experiment.load("imagenet256/diffit", ["data={name: latents}"])
+    with pytest.raises(ValueError, match=r"network\.preset is required"):
+        Experiment.load("digits/edm", ["network.preset=null"])
+    with pytest.raises(ValueError, match=r"network\.weights: network\.kind 'unet' trains from scratch"):
+        Experiment.load("digits/edm", ["network.weights=somewhere"])
+
+
+def test_the_sampler_of_a_discrete_process_is_checked_before_anything_runs():
+    with pytest.raises(ValueError, match="the ddim sampler needs process.kind = ddpm"):
+        Experiment.load("digits/edm", ["sample={sampler: ddim, steps: 10}"])
+    experiment = Experiment.load("digits/ddpm", ["sample={sampler: ddim, steps: 7, eta: 0.5}"])
+    assert (experiment.sampler.steps, experiment.sampler.options.eta, experiment.sampler.stochastic) == (7, 0.5, True)
+
+
+def test_yaml_lists_become_the_tuples_the_frozen_network_configs_hold():
+    experiment = Experiment.load("digits/edm", ["network.overrides.channel_mult=[1, 2]"])
+    assert experiment.network.config().channel_mult == (1, 2)

@@ -6,7 +6,18 @@ import torch
 from diffbook.data import GaussianMixture
 from diffbook.diffusion import DDPM, karras_sigmas
 from diffbook.experiments import Experiment
-from diffbook.samplers import ddim_sample, ddpm_sample, edm_sample, timesteps
+from diffbook.samplers import (
+    DDIMOptions,
+    EDMOptions,
+    RowNoise,
+    Sampler,
+    ddim_sample,
+    ddpm_sample,
+    edm_sample,
+    generate,
+    sample_seeds,
+    timesteps,
+)
 from diffbook.samplers.ddpm import ddim_step, fast_ddim_step
 from diffbook.samplers.edm import euler_step, fast_euler_step, fast_heun_step, heun_step
 
@@ -241,3 +252,51 @@ def test_the_fast_ddim_step_computes_ddims_update_as_written(eta):
         torch.testing.assert_close(
             fast_ddim_step(x, x0, alpha_bar, alpha_bar_prev, s), ddim_step(x, x0, alpha_bar, alpha_bar_prev, s)
         )
+
+
+# One seeded loop: sample k from seed k alone, whatever batch it is in
+
+
+def _mixture_denoiser():
+    mixture = GaussianMixture(
+        torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), torch.tensor([0.3, 0.2]), torch.tensor([0.5, 0.5])
+    )
+    return mixture.denoiser
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [Sampler("ddpm", 20), Sampler("ddim", 10, DDIMOptions(eta=1.0)), Sampler("euler", 8, EDMOptions(S_churn=20.0))],
+    ids=["ddpm", "ddim-eta1", "euler-churn"],
+)
+def test_a_stochastic_samplers_sample_k_depends_on_seed_k_alone(sampler):
+    assert sampler.stochastic
+    denoiser, seeds = _mixture_denoiser(), [3, 8, 11, 20, 21]
+    together = sample_seeds(denoiser, sampler, seeds, (2,), process=DDPM()).samples
+    alone = torch.cat([sample_seeds(denoiser, sampler, [seed], (2,), process=DDPM()).samples for seed in seeds])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    batches = [samples for _, samples in generate(denoiser, sampler, seeds, (2,), batch_size=2, process=DDPM())]
+    torch.testing.assert_close(torch.cat(batches), together, rtol=1e-5, atol=1e-6)
+    again = sample_seeds(denoiser, sampler, seeds[::-1], (2,), process=DDPM()).samples
+    torch.testing.assert_close(again, together.flip(0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_initial_noise_is_each_seeds_first_draw():
+    seeds, process = [0, 5], DDPM()
+    zero = lambda x, sigma: torch.zeros_like(x)  # noqa: E731
+    out = sample_seeds(zero, Sampler("euler", 1), seeds, (3,), return_trajectory=True, process=process)
+    expected = torch.stack([torch.randn(3, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+    # The path starts at the noise scaled to the first level, in variance-preserving coordinates.
+    torch.testing.assert_close(out.trajectory[0], expected * process.sigma_max / (1 + process.sigma_max**2) ** 0.5)
+
+
+def test_row_noise_draws_each_rows_generator_in_blocks():
+    generators = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
+    noise = RowNoise(generators, block=4)
+    draws = torch.stack([noise.draw(torch.empty(2, 3)) for _ in range(6)], dim=1)  # (rows, calls, 3)
+    for row, seed in enumerate((1, 2)):
+        generator = torch.Generator().manual_seed(seed)
+        expected = torch.cat([torch.randn(4, 3, generator=generator) for _ in range(2)])[:6]
+        torch.testing.assert_close(draws[row], expected)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        noise.draw(torch.empty(3, 3))

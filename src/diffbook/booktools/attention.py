@@ -10,9 +10,9 @@ from matplotlib.axes import Axes
 from torch import Tensor
 
 from diffbook.booktools.explorer import Control, Explorer
+from diffbook.diffusion import Denoiser
+from diffbook.nets.tmsa import WindowAttention
 from diffbook.viz import show_images
-
-# DiffiT: attention maps as the noise level moves.
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,24 @@ class AttentionState:
 
 def attention_layers(net: torch.nn.Module) -> list[str]:
     """The names of a network's windowed attention layers (:class:`~diffbook.nets.tmsa.WindowAttention`)."""
-    from diffbook.nets.tmsa import WindowAttention
-
     return [name for name, module in net.named_modules() if isinstance(module, WindowAttention)]
 
 
+def attention_layer(denoiser: Denoiser, layer: str) -> WindowAttention:
+    """The windowed attention layer named ``layer`` of ``denoiser.net``."""
+    attention = denoiser.net.get_submodule(layer)
+    if not isinstance(attention, WindowAttention):
+        raise ValueError(f"{layer!r} is a {type(attention).__name__}, not a WindowAttention layer")
+    return attention
+
+
 @torch.no_grad()
-def attention_inputs(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, layer: str) -> tuple[Tensor, Tensor]:
+def attention_inputs(denoiser: Denoiser, noisy: Tensor, sigma: float, layer: str) -> tuple[Tensor, Tensor]:
     """What the attention layer named ``layer`` of ``denoiser.net`` (a DiffiT network inside a
     :class:`~diffbook.diffusion.Denoiser`) receives when the denoiser runs on ``noisy: (B, C, H, W)`` at level
     ``sigma``: its tokens ``(B, h, w, dim)`` and time token ``(B, time_dim)``, caught by a forward hook. The layer's
     ``attention_probabilities``, ``qkv`` and ``time_projections`` then take them apart."""
-    attention = denoiser.net.get_submodule(layer)
+    attention = attention_layer(denoiser, layer)
     caught: list[tuple[Tensor, Tensor]] = []
     handle = attention.register_forward_hook(lambda module, args, output: caught.append(args))
     try:
@@ -61,7 +67,7 @@ def attention_inputs(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, lay
 
 
 @torch.no_grad()
-def attention_summary(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, layer: str) -> tuple[float, float]:
+def attention_summary(denoiser: Denoiser, noisy: Tensor, sigma: float, layer: str) -> tuple[float, float]:
     """Two numbers for the attention layer ``layer`` on the images ``noisy: (B, C, H, W)`` at level ``sigma``:
 
     - the entropy of the attention rows in nats, averaged over images, windows, heads and queries
@@ -69,7 +75,7 @@ def attention_summary(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, la
     - for TMSA, the size of the time query against the spatial ones, ``||q_t|| / rms_i ||a_i||`` averaged over
       images, where ``q_i = a_i + q_t``: how strongly time steers the queries (NaN for layers without TMSA).
     """
-    attention = denoiser.net.get_submodule(layer)
+    attention = attention_layer(denoiser, layer)
     tokens, time_token = attention_inputs(denoiser, noisy, sigma, layer)
     p = attention.attention_probabilities(tokens, time_token)
     entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean().item()
@@ -83,13 +89,13 @@ def attention_summary(denoiser: torch.nn.Module, noisy: Tensor, sigma: float, la
 
 @torch.no_grad()
 def attention_state(
-    denoiser: torch.nn.Module, x0: Tensor, sigma: float, layer: str, query: tuple[int, int], seed: int = 0
+    denoiser: Denoiser, x0: Tensor, sigma: float, layer: str, query: tuple[int, int], seed: int = 0
 ) -> AttentionState:
     """Attention of the pixel ``query`` of ``x0: (1, C, H, W)`` in the layer named ``layer`` of
     ``denoiser.net`` (see :func:`attention_inputs`), at noise level ``sigma``, on ``x0 + sigma eps`` with one
     seeded ``eps``. The query moves to the layer's grid by integer scaling.
     """
-    attention = denoiser.net.get_submodule(layer)
+    attention = attention_layer(denoiser, layer)
     noisy = x0 + sigma * torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=x0.dtype)
     tokens, time_token = attention_inputs(denoiser, noisy, sigma, layer)
     probs = attention.attention_probabilities(tokens, time_token)[0]  # (nW, heads, N, M)
@@ -106,7 +112,7 @@ def attention_state(
 
 
 def attention_explorer(
-    denoiser: torch.nn.Module,
+    denoiser: Denoiser,
     x0: Tensor,
     sigmas: Sequence[float] = (80.0, 10.0, 1.0, 0.1, 0.01),
     query: tuple[int, int] | None = None,

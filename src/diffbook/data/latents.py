@@ -1,4 +1,4 @@
-"""Precomputed VAE latents as a training set (written by :func:`diffbook.latents.precompute_latents`).
+"""Precomputed VAE latents as a training set (written by :func:`diffbook.experiments.latents.precompute_latents`).
 
 A latent folder holds ``latents.npy`` ``(N, C, h, w)`` float16, ``labels.npy`` ``(N,)`` int64 and ``meta.json``
 (the VAE, its scale, and whether mirrored copies were encoded). The array is memory-mapped: ImageNet's 1.28 M

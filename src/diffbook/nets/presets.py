@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance  # typeshed's protocol of a dataclass; it exists only for checkers
 
-Config = TypeVar("Config", bound="DataclassInstance")
+PresetConfig = TypeVar("PresetConfig", bound="DataclassInstance")
 
 
-def replace_preset(presets: dict[str, Config], name: str, kind: str, **overrides: Any) -> Config:
+def replace_preset(presets: dict[str, PresetConfig], name: str, kind: str, **overrides: Any) -> PresetConfig:
     """``presets[name]`` with the fields in ``overrides`` replaced; a ValueError that lists the presets of this
     ``kind`` (e.g. ``"U-Net"``) when ``name`` is not one of them."""
     if name not in presets:

@@ -90,7 +90,7 @@ class IsoOptions:
     """The ``objective`` section of ``kind: iso``: the penalty's weight and form, over ``base``."""
 
     weight: float = 0.0
-    form: str = "batch"
+    form: PenaltyForm = "batch"
     label_dropout: float = 0.0
     base: str | dict = "denoising"
 

@@ -60,11 +60,12 @@ def generate(
     class_labels: Sequence[int] | Tensor | None = None,
     device: torch.device | str = "cpu",
     null_labels: Tensor | None = None,
+    process: object = None,
 ) -> Iterator[tuple[list[int], Tensor]]:
     """Yield ``(seeds, samples: (B, *shape))`` batch by batch (:func:`sample_seeds`); ``B <= batch_size``."""
     for start in range(0, len(seeds), batch_size):
         batch = list(seeds[start : start + batch_size])
-        out = sample_seeds(denoiser, sampler, batch, shape, class_labels, device, null_labels=null_labels)
+        out = sample_seeds(denoiser, sampler, batch, shape, class_labels, device, False, process, null_labels)
         yield batch, out.samples
 
 
