@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.perf.measure import time_in_turns
-from diffbook.train.players import Objective
+from diffbook.objectives.registry import Objective
 
 
 def time_training_steps(

@@ -9,10 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
 from diffbook.config.schema import Registry, option_names
 from diffbook.diffusion.denoiser import Denoiser
 
-Objective = Callable[..., dict]
+Objective = Callable[..., dict[str, Tensor]]
+"""``objective(model, batch, generator=None) -> dict(loss=..., **logs)``: what every objective is and the trainer
+calls."""
 
 OBJECTIVES = Registry[Objective]("objective")
 

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from diffbook.objectives.registry import Objective
 from diffbook.train.batches import EpochBatches
 from diffbook.train.config import TrainConfig
-from diffbook.train.players import Objective
 from diffbook.train.trainer import Trainer, TrainResult
 
 

@@ -14,9 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from diffbook.objectives.registry import Objective
 from diffbook.train.config import TrainConfig
-
-Objective = Callable[..., dict[str, Tensor]]
 
 
 @runtime_checkable
