@@ -9,10 +9,10 @@ the files go and where to get them, the two things needed to set up an offline c
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -82,7 +82,7 @@ class _Unlabelled(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.dataset[index][0], 0
@@ -382,5 +382,5 @@ def stack_dataset(dataset: Dataset) -> tuple[Tensor, Tensor]:
     For sets that fit in memory (``digits``, a few thousand images) this transforms each image once, so a CPU
     training loop indexes a tensor instead of resizing images at every step. Random flips are drawn once here.
     """
-    images, labels = zip(*(dataset[k] for k in range(len(dataset))), strict=True)
+    images, labels = zip(*(dataset[k] for k in range(len(cast(Sized, dataset)))), strict=True)
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)

@@ -89,7 +89,7 @@ class VP:
     M: int = 1000
     epsilon_t: float = 1e-5
 
-    def sigma(self, t: Tensor) -> Tensor:
+    def sigma(self, t: Tensor | float) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
         return ((0.5 * self.beta_d * t**2 + self.beta_min * t).exp() - 1).sqrt()
 

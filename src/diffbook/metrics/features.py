@@ -42,6 +42,9 @@ class DigitsFeatureNet(nn.Module):
     pre-activation, standardised over the training digits, is the feature vector, then 10 logits.
     """
 
+    feature_mean: Tensor  # buffers: the features' standardisation, saved with the weights
+    feature_std: Tensor
+
     def __init__(self, feature_dim: int = 64) -> None:
         super().__init__()
         self.conv = nn.Sequential(
@@ -268,14 +271,17 @@ def feature_metrics(
         if reference_statistics is not None:
             results["fid"] = frechet_distance(*feature_statistics(sample_features), *reference_statistics)
         else:
+            assert reference_features is not None  # checked above: FID needs one or the other
             results["fid"] = fid_from_features(reference_features, sample_features)
     if "kid" in metrics:
+        assert reference_features is not None  # checked above
         results["kid"], results["kid_std"] = kernel_inception_distance(
             reference_features, sample_features, generator=torch.Generator().manual_seed(0)
         )
     if "is" in metrics:
         results["is"], results["is_std"] = inception_score(sample_logits, min(10, len(sample_logits)), from_logits=True)
     if "prdc" in metrics:
+        assert reference_features is not None  # checked above
         results.update(prdc(reference_features, sample_features, k=5))
     return results
 

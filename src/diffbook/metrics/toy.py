@@ -64,9 +64,7 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = (0.1, 0.5, 1.0
     """Unbiased squared maximum mean discrepancy with a sum of Gaussian kernels. ``x: (N, D)``, ``y: (M, D)``."""
     x, y = x.double(), y.double()
     xx, yy, xy = torch.cdist(x, x) ** 2, torch.cdist(y, y) ** 2, torch.cdist(x, y) ** 2
-    k_xx = sum(torch.exp(-xx / (2 * h**2)) for h in bandwidths)
-    k_yy = sum(torch.exp(-yy / (2 * h**2)) for h in bandwidths)
-    k_xy = sum(torch.exp(-xy / (2 * h**2)) for h in bandwidths)
+    k_xx, k_yy, k_xy = (torch.stack([torch.exp(-d / (2 * h**2)) for h in bandwidths]).sum(0) for d in (xx, yy, xy))
     n, m = len(x), len(y)
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))

@@ -78,7 +78,7 @@ def drop_labels(
         return labels
     # The package's U-Net and MLP keep the count on their condition embedding.
     embed = getattr(model.net, "embed", None)
-    num_classes = getattr(model.net, "num_classes", None) or getattr(embed, "num_classes", 0)
+    num_classes = int(getattr(model.net, "num_classes", None) or getattr(embed, "num_classes", 0) or 0)
     if num_classes == 0:
         raise ValueError("label_dropout needs a class-conditional network (num_classes > 0)")
     drop = torch.rand(labels.shape, generator=generator, device=_device(generator, labels)) < probability

@@ -5,10 +5,10 @@ structure of the denoiser's one-step predictions ``x0_hat`` over a minibatch mus
 measured in the feature space of a learned encoder ``h_phi``, the structure discriminator. The encoder is
 trained to maximise the structural distance, the denoiser to minimise it (the paper's Fig. 3).
 
-Confirmed (spec §2): the batch x batch affinity in a learned low-dimensional feature space; predictions are the
-denoiser's ``x0_hat`` of the noisy training batch, not sampler outputs; the denoiser minimises and the encoder
-maximises; the total is the denoising loss plus the adversarial term. **Our reading** (spec §3; the paper's
-equations were not available, and every item is a knob of :class:`SADMLoss`)::
+Confirmed (the paper's Fig. 3 and its text): the batch x batch affinity in a learned low-dimensional feature
+space; predictions are the denoiser's ``x0_hat`` of the noisy training batch, not sampler outputs; the denoiser
+minimises and the encoder maximises; the total is the denoising loss plus the adversarial term. **Our reading**
+(book: decisions, S1-S3; the paper's equations were not available, and every item is a knob of :class:`SADMLoss`)::
 
     S(X)_ij = <h(x_i), h(x_j)>  for i < j   (cosine, h unit-norm; or ||h(x_i) - h(x_j)||: euclidean)
     L_struct = weighted mean_{i<j} |S(x0)_ij - S(x0_hat)_ij|      (l1; or the square: l2)
@@ -17,7 +17,7 @@ equations were not available, and every item is a knob of :class:`SADMLoss`)::
 ``h`` is Lipschitz-bounded (spectral norm on every layer, 1-Lipschitz activations) and L2-normalised, so the
 maximisation is bounded (cosine affinities lie in [-1, 1]). A pair can be gated by the noise levels its two
 predictions came from (both ``sigma < gate``) or weighted by their signal fractions ``1 / (1 + sigma^2)``:
-at high noise the MMSE prediction tends to the data mean, whose structure no denoiser can keep (spec §6.1).
+at high noise the MMSE prediction tends to the data mean, whose structure no denoiser can keep (book: decisions, S2).
 
 Under several processes the structure is over the global batch: features and noise levels are all-gathered
 (:func:`~diffbook.runtime.distributed.all_gather_with_grad`), so a run on ``W`` ranks computes the loss and the
@@ -184,8 +184,8 @@ def structure_encoder(
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {kind!r}")
     if (kind == "points") != (len(sample_shape) == 1) or len(sample_shape) not in (1, 3):
         raise ValueError(f"the {kind!r} encoder does not take samples of shape {tuple(sample_shape)}")
-    sizes = {"feature_dim": feature_dim, "hidden" if kind == "points" else "width": width}
-    sizes = {name: size for name, size in sizes.items() if size is not None}
+    given = {"feature_dim": feature_dim, "hidden" if kind == "points" else "width": width}
+    sizes: dict[str, int] = {name: size for name, size in given.items() if size is not None}
     if kind == "points":
         return point_encoder(sample_shape[0], **sizes)
     channels, resolution, _ = sample_shape

@@ -11,7 +11,7 @@ variance-preserving coordinates ``x_t = alpha_t x0 + s_t eps`` (``alpha^2 + s^2 
 4. ``L = mean || F*(x_hat_t', t', c) - F*(x_t', t', c) ||^2``, with ``F*`` the middle-block output of a frozen
    copy of the pre-trained model, given the same step ``t'`` and condition ``c`` on both branches.
 
-Derived identities (spec §8; checked in float64 by the tests). With ``alpha = cos phi``, ``s = sin phi``:
+Derived identities (chapter 5; checked in float64 by the tests). With ``alpha = cos phi``, ``s = sin phi``:
 ``x_hat_t' - x_t' = sin(phi' - phi) (v_hat - v)`` in the paper form, zero at ``t' = t`` whatever the prediction,
 and ``cos(phi') (x0_hat - x0)`` in the same-noise form. For an affine ``F* = W x + b`` the loss is therefore
 ``sin^2(phi' - phi) ||W (v_hat - v)||^2`` (per element mean): a v-MSE in the metric of ``F*``'s Jacobian.
@@ -175,7 +175,8 @@ class SelfPerceptualLoss:
 
 
 def _vp_coefficients(sigma: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    return tuple(append_dims(c, like.ndim) for c in vp_coefficients(sigma.to(like.dtype)))
+    alpha, s = vp_coefficients(sigma.to(like.dtype))
+    return append_dims(alpha, like.ndim), append_dims(s, like.ndim)
 
 
 @dataclass(frozen=True)

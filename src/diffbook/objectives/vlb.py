@@ -103,6 +103,8 @@ class HybridLoss:
         x = alpha * x0 + s * noise
         labels = drop_labels(model, labels, self.label_dropout, generator)
         out, v, (c_skip, c_out, _, _) = model.raw_vp_variance(x, sigma, labels)
+        if v is None:
+            raise ValueError("the hybrid loss trains a learned variance: the network needs learn_sigma=True")
         mse = (out - (x0 - c_skip * x) / c_out).square().flatten(1).mean(1)
         x0_pred = c_skip * x + c_out * out
         vb = variance_bound_term(process, t, x0, x, x0_pred.detach(), v)  # the bound trains the variance only

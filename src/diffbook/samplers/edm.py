@@ -73,12 +73,12 @@ def edm_sample(
     """
     if solver not in ("heun", "euler"):
         raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
-    sigmas = sigmas.tolist()
-    steps = len(sigmas) - 1
+    levels: list[float] = sigmas.tolist()
+    steps = len(levels) - 1
     record = TrajectoryRecorder(return_trajectory)
-    x = noise * sigmas[0]
+    x = noise * levels[0]
     nfe = 0
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
         record(x, sigma)
         gamma = min(S_churn / steps, 2**0.5 - 1) if S_min <= sigma <= S_max else 0.0
         sigma_hat = sigma * (1 + gamma)

@@ -61,6 +61,8 @@ class GuidedDenoiser(nn.Module):
     (needs a discrete process with ``T`` steps, such as DDPM; None: a constant scale).
     """
 
+    null_labels: Tensor | None  # a buffer: it follows the module to its device
+
     def __init__(
         self,
         denoiser: Denoiser,
