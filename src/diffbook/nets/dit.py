@@ -133,19 +133,27 @@ class DiTFinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
-    """``net(x, noise_labels, class_labels=None)``: ``(B, C, R, R) -> (B, out_channels, R, R)``."""
+class TokenStem(nn.Module):
+    """What DiT and the latent DiffiT share before their blocks: the patch embedding, the fixed 2-D sin-cos
+    position table (a buffer, not persistent: a function of the config) and the time-label embedding."""
 
     pos_embed: Tensor  # (grid^2, dim), registered as a buffer
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
-        self.config = config
         self.num_classes = config.num_classes
         self.learn_sigma = config.learn_sigma
         self.patch = PatchEmbed(config.in_channels, config.dim, config.patch_size)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(config.dim, config.grid), persistent=False)
         self.embed = TimeLabelEmbedding(config.dim, config.num_classes, config.freq_dim)
+
+
+class DiT(TokenStem):
+    """``net(x, noise_labels, class_labels=None)``: ``(B, C, R, R) -> (B, out_channels, R, R)``."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__(config)
+        self.config = config
         self.blocks = nn.ModuleList(
             DiTBlock(config.dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
         )

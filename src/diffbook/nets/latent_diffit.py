@@ -15,16 +15,13 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffbook.nets.dit import DiTConfig
+from diffbook.nets.dit import DiTConfig, TokenStem
 from diffbook.nets.presets import replace_preset
 from diffbook.nets.tmsa import DiffiTBlock, check_time_mode, init_tmsa_parts
 from diffbook.nets.transformer import (
     DIGITS16_PIXELS,
-    PatchEmbed,
-    TimeLabelEmbedding,
     init_dit_weights,
     layer_norm,
-    sincos_pos_embed_2d,
     unpatchify,
 )
 
@@ -88,24 +85,16 @@ class FinalLayer(nn.Module):
         return self.linear(F.silu(self.norm(x)))
 
 
-class LatentDiffiT(nn.Module):
+class LatentDiffiT(TokenStem):
     """``net(x, noise_labels, class_labels=None)``: the latent DiffiT transformer of :class:`LatentDiffiTConfig`.
 
     ``x: (B, C, R, R)`` latents -> ``(B, out_channels, R, R)``: ``patchify + pos-emb -> depth x DiffiTBlock(x_t)
     -> FinalLayer -> unpatchify``, with ``x_t = t_emb + y_emb`` the time token of every TMSA.
     """
 
-    pos_embed: Tensor  # (grid^2, dim), registered as a buffer
-
     def __init__(self, config: LatentDiffiTConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         self.config = config
-        self.num_classes = config.num_classes
-        self.learn_sigma = config.learn_sigma
-        self.patch = PatchEmbed(config.in_channels, config.dim, config.patch_size)
-        # Fixed, so not a parameter; not persistent, since it is a function of the config.
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(config.dim, config.grid), persistent=False)
-        self.embed = TimeLabelEmbedding(config.dim, config.num_classes, config.freq_dim)
         self.blocks = nn.ModuleList(
             DiffiTBlock(
                 config.dim,

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -192,19 +192,13 @@ def structure_encoder(
     return ENCODERS[kind](channels, resolution, **sizes)
 
 
-@dataclass(eq=False)
-class SADMLoss:
-    """``base + weight * L_struct`` for the denoiser, and ``-L_struct`` for the encoder (the module docstring).
+@dataclass(kw_only=True)
+class SADMSettings:
+    """The knobs of the adversarial term, shared by :class:`SADMLoss` and its config section (book: decisions,
+    S1-S2): ``weight`` is lambda; ``gate`` and ``weighting`` pick the pairs (:func:`pair_weights`); ``affinity``
+    and ``mismatch`` the distance (:func:`structural_distance`); ``adversary_lr`` and ``adversary_steps`` (encoder
+    steps per denoiser step) set the encoder's optimiser in the Trainer."""
 
-    ``encoder``: the structure discriminator ``h`` (:func:`structure_encoder`); ``weight`` is lambda; ``gate``
-    and ``weighting`` pick the pairs (:func:`pair_weights`); ``affinity`` and ``mismatch`` the distance
-    (:func:`structural_distance`). ``adversary_lr`` and ``adversary_steps`` (encoder steps per denoiser step)
-    set the encoder's optimiser in the Trainer. ``base`` is any objective that returns ``x0_pred`` and
-    ``sigma``: the denoising loss by default. ``to_encoder_input`` maps samples to what the encoder sees
-    (identity; a frozen VAE decoder puts a latent model's structure in pixel space).
-    """
-
-    encoder: nn.Module
     weight: float = 0.3
     affinity: Affinity = "cosine"
     mismatch: Mismatch = "l1"
@@ -212,8 +206,6 @@ class SADMLoss:
     weighting: Weighting = "uniform"
     adversary_lr: float = 1e-4
     adversary_steps: int = 1
-    base: Callable[..., dict[str, Tensor]] = field(default_factory=DenoisingLoss)
-    to_encoder_input: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         choices = {"affinity": AFFINITIES, "mismatch": MISMATCHES, "weighting": WEIGHTINGS}
@@ -229,6 +221,25 @@ class SADMLoss:
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ValueError("; ".join(problems))
+
+    def settings(self) -> dict[str, Any]:
+        """The knobs as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(SADMSettings)}
+
+
+@dataclass(eq=False)
+class SADMLoss(SADMSettings):
+    """``base + weight * L_struct`` for the denoiser, and ``-L_struct`` for the encoder (the module docstring).
+
+    ``encoder``: the structure discriminator ``h`` (:func:`structure_encoder`); the knobs are
+    :class:`SADMSettings`', given by keyword. ``base`` is any objective that returns ``x0_pred`` and ``sigma``: the
+    denoising loss by default. ``to_encoder_input`` maps samples to what the encoder sees (identity; a frozen VAE
+    decoder puts a latent model's structure in pixel space).
+    """
+
+    encoder: nn.Module
+    base: Callable[..., dict[str, Tensor]] = field(default_factory=DenoisingLoss)
+    to_encoder_input: Callable[[Tensor], Tensor] | None = None
 
     @property
     def adversary(self) -> nn.Module:
@@ -280,19 +291,12 @@ class SADMLoss:
 SADM_INPUT_SPACES = ("data", "pixels")
 
 
-@dataclass(frozen=True)
-class SADMOptions:
-    """The ``objective`` section of ``kind: sadm``: :class:`SADMLoss`'s settings, its structure encoder, and the
-    space the encoder sees. ``encoder`` defaults to points for points and images for images (the latent encoder
-    for latents); ``input_space: pixels`` decodes a latent model's samples with the frozen VAE ``vae`` first."""
+@dataclass
+class SADMOptions(SADMSettings):
+    """The ``objective`` section of ``kind: sadm``: :class:`SADMSettings`, the structure encoder, and the space
+    the encoder sees. ``encoder`` defaults to points for points and images for images (the latent encoder for
+    latents); ``input_space: pixels`` decodes a latent model's samples with the frozen VAE ``vae`` first."""
 
-    weight: float = 0.3
-    affinity: str = "cosine"
-    mismatch: str = "l1"
-    gate: float | None = None
-    weighting: str = "uniform"
-    adversary_lr: float = 1e-4
-    adversary_steps: int = 1
     encoder: str | None = None
     encoder_width: int | None = None
     feature_dim: int | None = None
@@ -316,10 +320,7 @@ def build_sadm(options: SADMOptions, context: ObjectiveContext) -> SADMLoss:
         shape = (3, *(8 * size for size in shape[1:]))
     kind = options.encoder or ("points" if len(shape) == 1 else "images")
     encoder = structure_encoder(kind, shape, options.encoder_width, options.feature_dim)
-    return SADMLoss(
-        encoder, options.weight, options.affinity, options.mismatch, options.gate, options.weighting,  # type: ignore[arg-type]
-        options.adversary_lr, options.adversary_steps, base, to_encoder_input,
-    )  # fmt: skip
+    return SADMLoss(encoder=encoder, base=base, to_encoder_input=to_encoder_input, **options.settings())
 
 
 OBJECTIVES.register("sadm", SADMOptions, build_sadm)
