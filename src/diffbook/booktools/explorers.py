@@ -132,7 +132,8 @@ def sweep_points(sweep_dir: str | Path, key: str = "objective.weight", where: st
         value = float(next(item.split("=", 1)[1] for item in row["overrides"] if item.startswith(f"{key}=")))
         first = min((r for r in results["runs"] if r["overrides"] == row["overrides"]), key=lambda r: r["seed"])
         metrics = {name: mean for name, (mean, _std) in _metric_columns(row).items()}
-        points.append(SweepPoint(value, torch.load(sweep_dir / first["run"] / "samples.pt"), metrics))
+        samples = torch.load(sweep_dir / first["run"] / "samples.pt", weights_only=True)
+        points.append(SweepPoint(value, samples, metrics))
     if not points:
         raise ValueError(f"{sweep_dir / 'results.json'} has no grid point along {key!r} matching {where!r}")
     return sorted(points, key=lambda point: point.value)

@@ -57,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         print(experiment.to_yaml(), end="")
         return 0
     from diffbook.experiments.sampling import preview_fn
+    from diffbook.profiles import seed_everything
     from diffbook.runtime import cleanup, init_distributed
     from diffbook.train import Trainer
 
@@ -66,6 +67,8 @@ def _train(args: argparse.Namespace) -> int:
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(experiment.to_yaml())
+        # Before anything is built: train.seed alone fixes the initial weights, so one command gives one model.
+        seed_everything(experiment.train.seed)
         model = experiment.initial_model().to(context.device)
         objective, dataset = experiment.build_objective(model), experiment.build_dataset()
         preview = preview_fn(experiment)

@@ -204,4 +204,4 @@ def load_suite_samples(
     out_dir: str | Path, dataset: str, method: Method, evaluation: Evaluation, seed: int = 0
 ) -> Tensor:
     """The samples a run saved for one evaluation: ``(N, 2)`` points or ``(N, C, R, R)`` images in [-1, 1]."""
-    return torch.load(samples_path(run_dir(out_dir, dataset, method, seed), evaluation))
+    return torch.load(samples_path(run_dir(out_dir, dataset, method, seed), evaluation), weights_only=True)

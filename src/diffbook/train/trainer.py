@@ -12,6 +12,7 @@ something (a log line, a checkpoint, a sample grid), so the GPU never waits on t
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -146,7 +147,9 @@ class Trainer:
         cfg = self.config
         if self.run_dir is not None and self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self._resume():
+        if self._resume():
+            self._announce(f"{self.desc}: resuming from step {self.step} of {cfg.steps}")
+        else:
             self._seed_rank()
         result = TrainResult()
         log = RunLog(self.log_path if self.context.is_main else None, self.step, cfg.batch_size)
@@ -175,6 +178,10 @@ class Trainer:
         self.model.eval()
         result.ema = self.ema.model if self.ema is not None else None
         return result
+
+    def _announce(self, message: str) -> None:
+        if self.progress and self.context.is_main:
+            print(message, file=sys.stderr)
 
     def _report(self, log: RunLog, bar: tqdm) -> None:
         """Write what falls due at this step: a log line, a checkpoint, a sample grid."""
