@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,27 @@ def test_a_resumed_run_says_where_it_resumes(tmp_path, capsys):
     status, _, err = _run(capsys, "train", "--config", "toy/edm", "train.steps=6", "--run-dir", run_dir)
     assert status == 0
     assert "resuming from step 4 of 6" in err
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [_truncated, lambda data: b"", lambda data: np.random.default_rng(0).bytes(4096)],
+    ids=["truncated", "empty", "random-bytes"],
+)
+@pytest.mark.parametrize("command", ["sample", "resume"])
+def test_a_corrupt_checkpoint_is_one_line_that_never_advises_unsafe_loading(tmp_path, capsys, corrupt, command):
+    ckpt = Path(_tiny_run(tmp_path, "digits/edm"))
+    ckpt.write_bytes(corrupt(ckpt.read_bytes()))
+    if command == "sample":
+        argv = ["sample", "--ckpt", ckpt, "--seeds", "0-3", "--out", tmp_path / "out"]
+    else:
+        argv = ["train", "--config", "digits/edm", "train.steps=2", "--run-dir", ckpt.parent]
+    status, _, err = _run(capsys, *argv)
+    assert status == 2
+    assert "corrupt or not a diffbook checkpoint" in err and str(ckpt) in err
+    assert "weights_only" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

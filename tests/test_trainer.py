@@ -99,7 +99,7 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
 
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    save_checkpoint({"step": 1, "model": {"weight": torch.ones(3)}}, path)
 
     def save_then_die(obj, file):
         file.write(b"the first bytes of a checkpoint")
@@ -108,14 +108,14 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_pat
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", save_then_die)
         with pytest.raises(OSError, match="No space"):
-            save_checkpoint({"step": 2, "weights": torch.zeros(3)}, path)
+            save_checkpoint({"step": 2, "model": {"weight": torch.zeros(3)}}, path)
     assert load_checkpoint(path)["step"] == 1
     assert list(tmp_path.iterdir()) == [path]
 
     # A writer killed outright leaves its temporary file; the next save overwrites it rather than reading it.
     (tmp_path / ".checkpoint.pt.tmp").write_bytes(b"half a checkpoint")
     assert load_checkpoint(path)["step"] == 1
-    save_checkpoint({"step": 3, "weights": torch.zeros(3)}, path)
+    save_checkpoint({"step": 3, "model": {"weight": torch.zeros(3)}}, path)
     assert load_checkpoint(path)["step"] == 3
     assert list(tmp_path.iterdir()) == [path]
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -41,7 +40,7 @@ from diffbook.nets import load_single_time_weights
 from diffbook.nets.registry import NetworkOptions
 from diffbook.objectives import ObjectiveContext, build_objective, parse_objective
 from diffbook.samplers import Sampler
-from diffbook.train import TrainConfig
+from diffbook.train import TrainConfig, load_checkpoint
 
 SECTIONS = ("source", "data", "network", "process", "objective", "train", "sample")
 Model = Denoiser | BidirectionalConsistency
@@ -151,7 +150,7 @@ class Experiment:
             return model
         if not Path(path).is_file():
             raise FileNotFoundError(f"network.init_from {str(path)!r} not found: train the run it names first")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path)
         weights = state["ema"] if state.get("ema") is not None else state["model"]
         if getattr(model.net, "two_times", False) and "net.embed.merge.weight" not in weights:
             load_single_time_weights(model.net, {k.removeprefix("net."): v for k, v in weights.items()})
@@ -162,7 +161,7 @@ class Experiment:
     def load_checkpoint(self, ckpt: str | Path, use_ema: bool = True) -> Model:
         """The model of a Trainer checkpoint (``{'model', 'ema', 'step'}``), EMA weights when there are, in eval."""
         require_checkpoint(ckpt)
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = load_checkpoint(ckpt)
         model = self.build_model()
         model.load_state_dict(state["ema"] if use_ema and state.get("ema") is not None else state["model"])
         return model.eval()

@@ -24,9 +24,37 @@ def copy_checkpoint(source: str | Path, destination: str | Path) -> None:
         _write_atomically(Path(destination), lambda file: shutil.copyfileobj(src, file))
 
 
+class CheckpointError(ValueError):
+    """A file that is not a whole diffbook checkpoint; the message names the file, what to do, and a good snapshot."""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint`, on the CPU; ``weights_only`` unpickles no code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`save_checkpoint`, on the CPU; ``weights_only`` unpickles no code.
+
+    A file torch cannot read (truncated, empty, not a torch file) or that holds no ``model`` weights raises
+    :class:`CheckpointError`. Torch's own message is not passed on: for a corrupt file it suggests
+    ``weights_only=False``, which would run whatever code the file holds.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError, by how the file is broken
+        raise CheckpointError(_unreadable(path, f"torch cannot read it: {type(error).__name__}")) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(_unreadable(path, "it holds no 'model' weights"))
+    return state
+
+
+def _unreadable(path: Path, reason: str) -> str:
+    snapshots = sorted(path.parent.glob("checkpoint-*.pt"))
+    fallback = (
+        f"the newest snapshot beside it is {snapshots[-1]}: copy it to {path} to resume from there"
+        if snapshots
+        else "there is no snapshot beside it (train.keep_checkpoints=true keeps them): train the run again"
+    )
+    return f"{path} is corrupt or not a diffbook checkpoint ({reason}); {fallback}"
 
 
 def rng_state() -> dict[str, Any]:
