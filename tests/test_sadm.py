@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_trainer import assert_identical
+from identical import assert_same_checkpoint
 from torch import nn
 
 from diffbook.diffusion import EDM, Denoiser
@@ -199,7 +199,7 @@ def test_a_resumed_two_player_run_restores_both_players_and_optimizers_exactly(t
     torch.manual_seed(7)
     Trainer(model, objective, POINTS, _toy_config(), tmp_path / "resumed", progress=False).fit()
     straight, resumed = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
-    assert_identical(straight, resumed)
+    assert_same_checkpoint(straight, resumed)
     assert set(straight["adversary"]) == {"module", "optimizer", "grad_scaler"}
     assert straight["adversary"]["optimizer"]["state"], "the adversary's AdamW moments are saved"
 

@@ -11,6 +11,7 @@ import ddp_worker
 import pytest
 import torch
 import torch.distributed as dist
+from identical import assert_same_checkpoint
 from PIL import Image
 
 from diffbook.diffusion import EDM, Denoiser
@@ -56,22 +57,6 @@ class RecordingLoss:
         return out
 
 
-def assert_identical(a, b, where: str = "checkpoint") -> None:
-    """Tensors equal bit for bit, everything else equal, through nested dicts, lists and tuples."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for k, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{k}]")
-    else:
-        assert a == b, where
-
-
 def _log_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
@@ -90,11 +75,22 @@ def test_a_resumed_run_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert len(result.losses) == 10
     for straight_batch, resumed_batch in zip(straight_loss.batches[10:], resumed_loss.batches, strict=True):
         assert torch.equal(straight_batch, resumed_batch)
-    # Model, EMA, optimizer moments, random states and data position, all equal.
-    assert_identical(
+    # Model, EMA, optimizer moments, random states and data position, all equal; only the wall-clock time
+    # differs (that it goes on across the resume is the next test).
+    assert_same_checkpoint(
         load_checkpoint(tmp_path / "straight/checkpoint.pt"), load_checkpoint(tmp_path / "resumed/checkpoint.pt")
     )
     assert _log_steps(tmp_path / "resumed") == _log_steps(tmp_path / "straight") == [5, 10, 15, 20]
+
+
+def test_the_training_time_goes_on_across_a_resume(tmp_path):
+    Trainer(_model(), RecordingLoss(), DATA, _config(steps=10), tmp_path, progress=False).fit()
+    before = load_checkpoint(tmp_path / "checkpoint.pt")["seconds"]
+    Trainer(_model(), RecordingLoss(), DATA, _config(), tmp_path, progress=False).fit()
+
+    seconds = [json.loads(line)["seconds"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert seconds == sorted(seconds) and seconds[2] > before  # the line at step 15 counts the first 10 steps
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["seconds"] >= seconds[-1]
 
 
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -131,6 +127,17 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     # The log had reached step 12; resuming drops the lines the resumed run will write again.
     Trainer(_model(), RecordingLoss(), DATA, _config(steps=14, log_every=2), tmp_path, progress=False).fit()
     assert _log_steps(tmp_path) == [2, 4, 6, 8, 10, 12, 14]
+
+
+@pytest.mark.parametrize(("check_every", "steps_taken"), [(1, 13), (4, 16)])
+def test_a_non_finite_loss_is_caught_between_log_lines_at_the_next_check(tmp_path, check_every, steps_taken):
+    # Nothing falls due before step 20, so only the finite check can stop the run early.
+    config = _config(steps=40, log_every=20, checkpoint_every=20, finite_check_every=check_every)
+    loss = RecordingLoss(nan_from=12)
+    with pytest.raises(FloatingPointError, match=r"nan at step 12; lower the learning rate"):
+        Trainer(_model(), loss, DATA, config, tmp_path, progress=False).fit()
+    assert len(loss.batches) == steps_taken
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_the_run_directory_gets_log_lines_snapshots_and_sample_grids(tmp_path):

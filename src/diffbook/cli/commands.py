@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -56,23 +57,39 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(experiment.to_yaml(), end="")
         return 0
+    from diffbook.experiments.run_dir import claim_run_dir
     from diffbook.experiments.sampling import preview_fn
     from diffbook.profiles import seed_everything
     from diffbook.runtime import cleanup, init_distributed
     from diffbook.train import Trainer
+    from diffbook.train.ema import short_run_warning
 
-    run_dir = Path(args.run_dir or default_run_dir(args.config))
+    run_dir, steps = Path(args.run_dir or default_run_dir(args.config)), experiment.train.steps
     context = init_distributed(args.device)
     try:
-        if context.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(experiment.to_yaml())
+        done = claim_run_dir(run_dir, experiment, accept_changes=args.accept_changes, record=context.is_main)
+        if done >= steps:
+            if context.is_main:
+                print(f"{run_dir} is already at step {done} of {steps}: nothing to train (raise train.steps to go on)")
+            return 0
+        warning = short_run_warning(experiment.train.ema_halflife_images, experiment.train.batch_size, steps)
+        if warning and context.is_main and experiment.network.init_from is None:
+            print(f"python -m diffbook train: warning: {warning}", file=sys.stderr)
         # Before anything is built: train.seed alone fixes the initial weights, so one command gives one model.
         seed_everything(experiment.train.seed)
         model = experiment.initial_model().to(context.device)
         objective, dataset = experiment.build_objective(model), experiment.build_dataset()
-        preview = preview_fn(experiment)
-        Trainer(model, objective, dataset, experiment.train, run_dir, preview, desc=str(args.config)).fit()
+        trainer = Trainer(
+            model,
+            objective,
+            dataset,
+            experiment.train,
+            run_dir,
+            preview_fn(experiment),
+            desc=str(args.config),
+            run_config=experiment.config,
+        )
+        trainer.fit()
     finally:
         cleanup()
     if context.is_main:
@@ -112,12 +129,20 @@ def _default_device() -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from diffbook.data.pixels import read_image_folder
-    from diffbook.metrics.features import extract_features, feature_metrics, metrics_needing_reference_features
+    from diffbook.metrics.features import (
+        METRICS,
+        extract_features,
+        feature_metrics,
+        metrics_needing_reference_features,
+    )
 
     metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"unknown metrics {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
     samples = read_image_folder(args.samples)
     net = _feature_net(args.features, args.ref_stats)
-    sample_features, sample_logits = extract_features(net, samples, args.batch)
+    sample_features, sample_logits = extract_features(net, samples, args.batch, progress="features of the samples")
     reference_features, reference_statistics = None, None
     if args.ref_stats:
         from diffbook.metrics.features import cleanfid_reference_statistics
@@ -126,7 +151,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.ref, samples.shape[-1], args.ref_stats, args.ref_split
         )
     if metrics_needing_reference_features(metrics, from_statistics=reference_statistics is not None):
-        reference_features, _ = extract_features(net, _reference_images(args, samples), args.batch)
+        reference = _reference_images(args, samples)
+        reference_features, _ = extract_features(net, reference, args.batch, progress="features of the reference")
     results = feature_metrics(metrics, sample_features, sample_logits, reference_features, reference_statistics)
     report = {
         "metrics": results,
@@ -230,7 +256,7 @@ def _import_dit(args: argparse.Namespace) -> int:
     model = Denoiser(load_released_dit(args.weights, experiment.network.config()), experiment.build_process())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None}, out)
+    save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None, "config": experiment.config}, out)
     print(f"Wrote {args.weights} as a checkpoint for network.init_from: {out}")
     return 0
 
@@ -242,4 +268,15 @@ def _export_diffusers(args: argparse.Namespace) -> int:
     experiment = run_config(args.ckpt, args.config)
     out = export_for_diffusers(experiment, experiment.load_checkpoint(args.ckpt), args.out)
     print(f"Wrote {out / 'unet'}/ and {out / 'scheduler'}/ for diffusers")
+    return 0
+
+
+def _fetch_inception(args: argparse.Namespace) -> int:
+    from cleanfid.downloads_helper import inception_url
+
+    from diffbook.metrics.features import INCEPTION_FILE
+    from diffbook.runtime.files import fetch_to_cache, sha256_of
+
+    path = fetch_to_cache(args.source or inception_url, INCEPTION_FILE)
+    print(f"Wrote {path} (SHA-256 {sha256_of(path)}); evaluate --features inception checks it before every use")
     return 0

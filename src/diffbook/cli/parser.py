@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from diffbook.cli.commands import (
     _benchmark,
     _evaluate,
     _exercises,
     _export_diffusers,
+    _fetch_inception,
     _import_dit,
     _notebooks,
     _precompute_latents,
@@ -20,11 +22,27 @@ from diffbook.cli.commands import (
 from diffbook.profiles import PROFILES
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line like every other error of the command line (not its usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand stores the function that runs it as ``run``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m diffbook", description="The diffbook tools, one subcommand per task."
-    )
+    parser = _Parser(prog="python -m diffbook", description="The diffbook tools, one subcommand per task.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     notebooks = commands.add_parser("notebooks", help="execute notebooks in place and save their outputs")
@@ -55,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(commands)
     _add_precompute_latents(commands)
     _add_import_dit(commands)
+    fetch = commands.add_parser("fetch-inception", help="clean-fid's Inception weights into the cache, with SHA-256")
+    fetch.add_argument("--from", dest="source", default=None, help="a downloaded copy (default: clean-fid's URL)")
+    fetch.set_defaults(run=_fetch_inception)
     export = commands.add_parser("export-diffusers", help="a Stable Diffusion run's U-Net and scheduler for diffusers")
     export.add_argument(
         "--ckpt", required=True, help="the run's checkpoint, e.g. runs/sd21-self_perceptual/checkpoint.pt"
@@ -71,6 +92,11 @@ def _add_train(commands) -> None:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
     train.add_argument("--run-dir", default=None, help="checkpoints and config.yaml (default runs/<dataset>-<method>)")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config as YAML and exit")
+    train.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="train on a run in --run-dir with a config that changes what it learns (the data, lr, network...)",
+    )
     train.add_argument("--device", default=None, help="default: this rank's GPU if there is one, else cpu")
     train.set_defaults(run=_train)
 
@@ -80,7 +106,7 @@ def _add_sample(commands) -> None:
     sample.add_argument("--ckpt", required=True, help="a Trainer checkpoint, e.g. runs/digits-edm/checkpoint.pt")
     sample.add_argument("--seeds", required=True, help="seeds, e.g. 0-49999 or 0,5,7")
     sample.add_argument("--out", required=True, help="directory for {seed:06d}.png and samples.npz")
-    sample.add_argument("--batch", type=int, default=256, help="images per batch (deterministic samplers)")
+    sample.add_argument("--batch", type=positive_int, default=256, help="images per batch (deterministic samplers)")
     sample.add_argument("--config", default=None, help="the run's config (default: config.yaml beside --ckpt)")
     sample.add_argument("--class-labels", default=None, help="labels cycled by seed, e.g. 0-9: seed k gets k %% 10")
     sample.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
@@ -108,7 +134,7 @@ def _add_evaluate(commands) -> None:
         default=None,
         help="FID against clean-fid's precomputed statistics of --ref (e.g. cifar10) in that mode",
     )
-    evaluate.add_argument("--batch", type=int, default=256, help="images per feature-network call")
+    evaluate.add_argument("--batch", type=positive_int, default=256, help="images per feature-network call")
     evaluate.set_defaults(run=_evaluate)
 
 
@@ -116,7 +142,7 @@ def _add_train_feature_net(commands) -> None:
     feature_net = commands.add_parser("train-feature-net", help="train the digits feature network for evaluate")
     feature_net.add_argument("dataset", choices=("digits",), help="the only feature network trained here")
     feature_net.add_argument("--out", default=None, help="weights file (default: the package's committed one)")
-    feature_net.add_argument("--steps", type=int, default=1000, help="Adam steps of 128 images")
+    feature_net.add_argument("--steps", type=positive_int, default=1000, help="Adam steps of 128 images")
     feature_net.add_argument("--seed", type=int, default=0)
     feature_net.set_defaults(run=_train_feature_net)
 
@@ -129,8 +155,8 @@ def _add_sweep(commands) -> None:
     )
     sweep.add_argument("--seeds", default="0-2", help="training seeds, e.g. 0-2 (default) or 0,4")
     sweep.add_argument("--out", required=True, help="directory for one folder per run, results.json and table.md")
-    sweep.add_argument("--samples", type=int, default=None, help="samples and reference points per run")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and thread each")
+    sweep.add_argument("--samples", type=positive_int, default=None, help="samples and reference points per run")
+    sweep.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, one process and thread each")
     sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every run")
     sweep.set_defaults(run=_sweep)
 
@@ -140,9 +166,13 @@ def _add_benchmark(commands) -> None:
         "benchmark", help="the comparison chapter's suite: every method on the same data, metrics and seeds"
     )
     benchmark.add_argument("--suite", required=True, choices=("toy", "digits"), help="2D sets or digits")
-    benchmark.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the profile's, book 3)")
+    benchmark.add_argument(
+        "--seeds", type=positive_int, default=None, help="seeds 0..N-1 (default: the profile's, book 3)"
+    )
     benchmark.add_argument("--out", default=None, help="default runs/comparison-<suite>-<profile>")
-    benchmark.add_argument("--jobs", type=int, default=2, help="models trained at once, one process and thread each")
+    benchmark.add_argument(
+        "--jobs", type=positive_int, default=2, help="models trained at once, one process and thread each"
+    )
     benchmark.set_defaults(run=_benchmark)
 
 
@@ -158,7 +188,7 @@ def _add_precompute_latents(commands) -> None:
     )
     latents.add_argument("--download", action="store_true", help="fetch the VAE from the Hugging Face Hub if absent")
     latents.add_argument("--flip", action="store_true", help="also encode every image mirrored (DiT's flips)")
-    latents.add_argument("--batch", type=int, default=64, help="images per VAE call")
+    latents.add_argument("--batch", type=positive_int, default=64, help="images per VAE call")
     latents.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     latents.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
     latents.set_defaults(run=_precompute_latents)

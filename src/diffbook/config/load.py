@@ -30,7 +30,16 @@ _Loader.add_implicit_resolver(
 
 def parse_value(text: str) -> Any:
     """A YAML scalar or flow collection: ``3`` -> int, ``1e-3`` -> float, ``null`` -> None, ``[1, 2]`` -> list."""
-    return yaml.load(text, Loader=_Loader)
+    return _load_yaml(text, f"the value {text!r}")
+
+
+def _load_yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{what} is not valid YAML: {getattr(error, 'problem', None) or error}{where}") from None
 
 
 def _configs_root() -> Any:
@@ -65,7 +74,7 @@ def _read_config_text(name_or_path: str | Path) -> str:
 def read_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """The config ``name`` (e.g. ``"digits/edm"``) or YAML file as nested dicts, ``key.sub=value`` overrides
     applied in order; values are parsed as YAML (``train.lr=1e-3`` is a float, ``train.grad_clip=null`` None)."""
-    cfg = yaml.load(_read_config_text(name_or_path), Loader=_Loader) or {}
+    cfg = _load_yaml(_read_config_text(name_or_path), f"config {str(name_or_path)!r}") or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"config {str(name_or_path)!r} must be a mapping of sections, got {cfg!r}")
     for override in overrides:

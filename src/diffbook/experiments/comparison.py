@@ -30,6 +30,7 @@ from torch import Tensor
 from diffbook.experiments.experiment import Experiment
 from diffbook.experiments.pool import run_tasks
 from diffbook.experiments.report import Record, format_mean_std, markdown_table, summarize
+from diffbook.experiments.run_dir import claim_run_dir
 from diffbook.experiments.scoring import evaluate
 from diffbook.experiments.suites import Evaluation, Method, Suite
 from diffbook.experiments.training import train_run
@@ -89,12 +90,11 @@ def run_task(task: SuiteTask, progress: bool = True) -> list[Record]:
 
     Returns the records of every evaluation, in the method's order."""
     run, experiment = task.run_dir, task.experiment()
-    saved = run / "config.yaml"
-    if saved.exists() and saved.read_text() != experiment.to_yaml():
-        raise ValueError(f"{run} holds a run of another config: delete it, or give the suite another out_dir")
+    # Strict: a finished evaluation is read back as it is, so even its bookkeeping keys must match.
+    claim_run_dir(
+        run, experiment, record=not task.done, allowed=frozenset(), fix="delete it, or give the suite another out_dir"
+    )
     if not task.done:
-        run.mkdir(parents=True, exist_ok=True)
-        saved.write_text(experiment.to_yaml())
         model, seconds = train_run(experiment, run, progress, desc=f"{task.dataset} {run.name}")
         cost = _training_cost(task, experiment.train.steps, seconds)
         for evaluation in task.method.evaluations:

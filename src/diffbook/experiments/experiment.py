@@ -41,6 +41,7 @@ from diffbook.nets.registry import NetworkOptions
 from diffbook.objectives import ObjectiveContext, build_objective, parse_objective
 from diffbook.samplers import Sampler
 from diffbook.train import TrainConfig, load_checkpoint
+from diffbook.train.checkpoint import load_weights
 
 SECTIONS = ("source", "data", "network", "process", "objective", "train", "sample")
 Model = Denoiser | BidirectionalConsistency
@@ -93,10 +94,7 @@ class Experiment:
 
     def with_overrides(self, overrides: Iterable[str]) -> Experiment:
         """This experiment with more ``key.sub=value`` overrides (an evaluation's sampler, say)."""
-        cfg = copy.deepcopy(self.config)
-        for override in overrides:
-            apply_override(cfg, override)
-        return Experiment.from_config(cfg)
+        return Experiment.from_config(_overridden(self.config, overrides))
 
     def to_yaml(self) -> str:
         return to_yaml(self.config)
@@ -155,7 +153,7 @@ class Experiment:
         if getattr(model.net, "two_times", False) and "net.embed.merge.weight" not in weights:
             load_single_time_weights(model.net, {k.removeprefix("net."): v for k, v in weights.items()})
             return model
-        model.load_state_dict(weights)
+        load_weights(model, weights, path)
         return model
 
     def load_checkpoint(self, ckpt: str | Path, use_ema: bool = True) -> Model:
@@ -163,7 +161,7 @@ class Experiment:
         require_checkpoint(ckpt)
         state = load_checkpoint(ckpt)
         model = self.build_model()
-        model.load_state_dict(state["ema"] if use_ema and state.get("ema") is not None else state["model"])
+        load_weights(model, state["ema"] if use_ema and state.get("ema") is not None else state["model"], ckpt)
         return model.eval()
 
     def build_dataset(self) -> Tensor | Dataset:
@@ -195,13 +193,26 @@ def require_checkpoint(ckpt: str | Path) -> None:
 
 
 def run_config(ckpt: str | Path, config: str | Path | None = None, overrides: Iterable[str] = ()) -> Experiment:
-    """The experiment a checkpoint was trained with: ``config``, or ``config.yaml`` beside the checkpoint, with
-    ``overrides`` (``sample.steps=50``) applied."""
+    """The experiment a checkpoint was trained with, ``overrides`` (``sample.steps=50``) applied: ``config`` when
+    given, else the config the checkpoint carries, else (a checkpoint that carries none) ``config.yaml`` beside it."""
     require_checkpoint(ckpt)
-    path = Path(config) if config is not None else Path(ckpt).parent / "config.yaml"
+    if config is None:
+        carried = load_checkpoint(ckpt, mmap=True).get("config")
+        if carried is not None:
+            return Experiment.from_config(_overridden(carried, overrides))
+    if config is not None:
+        return Experiment.load(config, overrides)
+    path = Path(ckpt).parent / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"config {str(path)!r} not found; pass --config with the run's config.yaml")
+        raise FileNotFoundError(f"{ckpt} carries no config and {path} is not there; pass the run's --config")
     return Experiment.load(path, overrides)
+
+
+def _overridden(cfg: Config, overrides: Iterable[str]) -> Config:
+    cfg = copy.deepcopy(cfg)
+    for override in overrides:
+        apply_override(cfg, override)
+    return cfg
 
 
 __all__ = ["SECTIONS", "Experiment", "ImageData", "LatentData", "ToyData", "run_config"]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from diffbook.data.captions import CAPTION_DATA
 from diffbook.data.pixels import to_uint8, write_pngs
 from diffbook.experiments.experiment import Experiment
+from diffbook.runtime.progress import progress_bar
 from diffbook.samplers import generate
 
 
@@ -90,12 +91,17 @@ class SampleRequest:
 
 
 def sample_to_dir(
-    ckpt: str | Path, experiment: Experiment, out_dir: str | Path, request: SampleRequest, shard: Shard | None = None
+    ckpt: str | Path,
+    experiment: Experiment,
+    out_dir: str | Path,
+    request: SampleRequest,
+    shard: Shard | None = None,
+    progress: bool = True,
 ) -> Path:
     """Sample this shard's seeds from a checkpoint of ``experiment`` into ``out_dir``; returns the ``.npz`` path.
 
     Images go to ``{seed:06d}.png`` and, with their seeds, to the npz as ``images: (N, H, W, C)`` uint8;
-    2-D toy points go to the npz only, as ``samples: (N, 2)`` float32.
+    2-D toy points go to the npz only, as ``samples: (N, 2)`` float32. A bar counts the images (on rank 0).
     """
     shard = shard or Shard.from_env()
     if request.class_labels is not None and not experiment.num_classes:
@@ -112,13 +118,16 @@ def sample_to_dir(
     out_dir.mkdir(parents=True, exist_ok=True)
     shape, my_seeds, chunks = experiment.sample_shape, shard.take(request.seeds), []
     batches = generate(model, experiment.sampler, my_seeds, shape, request.batch_size, conditions, request.device, null)
+    bar = progress_bar(desc="sample", enabled=progress and shard.rank == 0, total=len(my_seeds), unit="image")
     for batch, samples in batches:
+        bar.update(len(batch))
         if len(shape) == 3:
             images = to_uint8(samples if decoder is None else decoder(samples))
             write_pngs(out_dir, batch, images)
             chunks.append(images)
         else:
             chunks.append(samples.float().cpu().numpy())
+    bar.close()
     key = "images" if len(shape) == 3 else "samples"
     npz_path = out_dir / shard.npz_name
     arrays = {key: np.concatenate(chunks), "seeds": np.asarray(my_seeds, dtype=np.int64)}

@@ -21,6 +21,7 @@ from diffbook.config import parse_value
 from diffbook.experiments.experiment import Experiment
 from diffbook.experiments.pool import run_tasks
 from diffbook.experiments.report import Record, format_mean_std, markdown_table, summarize
+from diffbook.experiments.run_dir import claim_run_dir
 from diffbook.experiments.scoring import evaluate, flow_scores
 from diffbook.experiments.training import train_run
 
@@ -80,8 +81,7 @@ def run_one(run: SweepRun, progress: bool = True) -> Record:
     experiment, record_path = run.experiment(), run.run_dir / "metrics.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(experiment.to_yaml())
+    claim_run_dir(run.run_dir, experiment, fix="delete it, or give the sweep another --out")
     model, train_seconds = train_run(experiment, run.run_dir, progress, desc=run.name)
     record = {
         "run": run.name,

@@ -22,8 +22,9 @@ def train_run(experiment: Experiment, run_dir: Path, progress: bool = True, desc
     seed_everything(experiment.train.seed)  # the initial weights differ by seed, not with what ran before
     model = experiment.initial_model()
     objective = experiment.build_objective(model)
+    dataset = experiment.build_dataset()
     trainer = Trainer(
-        model, objective, experiment.build_dataset(), experiment.train, run_dir, progress=progress, desc=desc
+        model, objective, dataset, experiment.train, run_dir, progress=progress, desc=desc, run_config=experiment.config
     )
     trainer.fit()
     trained = cast(Model, trainer.ema.model) if trainer.ema is not None else model

@@ -15,7 +15,6 @@ and classify the 300 held-out digits (the registry's ``val`` split) 98.7 % corre
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,8 @@ from diffbook.data.pixels import to_uint8, uint8_to_unit
 from diffbook.metrics.fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 from diffbook.metrics.inception_score import inception_score
 from diffbook.metrics.prdc import prdc
+from diffbook.runtime.files import cached_file
+from diffbook.runtime.progress import progress_bar
 
 DIGITS_RESOLUTION = 16
 DIGITS_WEIGHTS = "metrics/weights/digits_features.pt"
@@ -66,6 +67,11 @@ class DigitsFeatureNet(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images: (B, 1, R, R) in [-1, 1] -> features (B, feature_dim), logits (B, 10)."""
+        if images.ndim != 4 or images.shape[1] != 1 or images.shape[-2] != images.shape[-1]:
+            raise ValueError(
+                f"the digits feature network reads square one-channel images, got images of shape "
+                f"{tuple(images.shape[1:])}; for colour images use --features inception"
+            )
         if images.shape[-1] != DIGITS_RESOLUTION:
             images = F.interpolate(images, size=DIGITS_RESOLUTION, mode="bilinear", antialias=True)
         # The pre-activation features are Gaussian-like; after a ReLU many would be exactly zero, which leaves
@@ -138,10 +144,15 @@ def load_digits_feature_net(path: str | Path | None = None) -> DigitsFeatureNet:
 
 
 @torch.no_grad()
-def extract_features(net: nn.Module, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """``(features: (N, D), logits: (N, K))`` of ``images: (N, C, H, W)``, uint8 or float in [-1, 1]."""
+def extract_features(
+    net: nn.Module, images: Tensor, batch_size: int = 256, progress: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(features: (N, D), logits: (N, K))`` of ``images: (N, C, H, W)``, uint8 or float in [-1, 1].
+
+    ``progress``: the label of a progress bar over the batches; None shows none."""
     device = next(net.parameters()).device
-    outputs = [net(_as_input(batch).to(device)) for batch in images.split(batch_size)]
+    batches = progress_bar(images.split(batch_size), desc=progress, enabled=progress is not None, unit="batch")
+    outputs = [net(_as_input(batch).to(device)) for batch in batches]
     features, logits = zip(*outputs, strict=True)
     return torch.cat(features).cpu(), torch.cat(logits).cpu()
 
@@ -162,27 +173,29 @@ class InceptionFeatures(nn.Module):
 
     ``mode='clean'`` resizes with PIL bicubic to 299 x 299 before the network (Parmar et al. 2022);
     ``'legacy_tensorflow'`` lets the network resize, as TensorFlow FID code did. The weights are read from
-    ``weights_dir`` (clean-fid's own cache, ``/tmp`` by default, or ``$DIFFBOOK_INCEPTION_DIR``); they are never
-    downloaded here, so an offline cluster fails at once with a message saying what to fetch.
+    diffbook's cache folder (:func:`~diffbook.runtime.files.cache_dir`) after a check against the SHA-256 recorded
+    when ``python -m diffbook fetch-inception`` put them there; nothing is downloaded here, so an offline cluster
+    fails at once with a message saying what to fetch.
     Input: ``(B, C, H, W)`` uint8. Output: features ``(B, 2048)``, logits ``(B, 1008)``.
     """
 
-    def __init__(self, mode: str = "clean", weights_dir: str | Path | None = None) -> None:
+    def __init__(self, mode: str = "clean") -> None:
         super().__init__()
         if mode not in INCEPTION_MODES:
             raise ValueError(f"mode must be one of {', '.join(INCEPTION_MODES)}, got {mode!r}")
         from cleanfid.inception_torchscript import InceptionV3W
         from cleanfid.resize import build_resizer
 
-        weights_dir = Path(weights_dir or os.environ.get("DIFFBOOK_INCEPTION_DIR", "/tmp"))
-        require_inception_weights(weights_dir)
+        weights = inception_weights()
         self.mode = mode
         self.resize = build_resizer(mode)
-        self.inception = InceptionV3W(str(weights_dir), download=False, resize_inside=mode == "legacy_tensorflow")
+        self.inception = InceptionV3W(str(weights.parent), download=False, resize_inside=mode == "legacy_tensorflow")
         # A real parameter, so that extract_features finds the device the TorchScript module sits on.
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"Inception reads grey or RGB images (B, 1 or 3, H, W), got {tuple(images.shape)}")
         x = ((images + 1) * 127.5).round().clamp(0, 255) if images.dtype != torch.uint8 else images.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -195,18 +208,24 @@ class InceptionFeatures(nn.Module):
         return features, logits
 
 
-def require_inception_weights(weights_dir: str | Path) -> Path:
-    """The path of clean-fid's Inception weights; raises :class:`InceptionWeightsMissingError` if absent."""
+INCEPTION_FILE = "inception-2015-12-05.pt"
+
+
+def inception_weights() -> Path:
+    """clean-fid's Inception weights in the cache, checked against their recorded SHA-256.
+
+    Raises :class:`InceptionWeightsMissingError` when they were never fetched, and ValueError when the file
+    changed since it was."""
     from cleanfid.downloads_helper import inception_url
 
-    path = Path(weights_dir) / Path(inception_url).name
-    if not path.is_file():
-        raise InceptionWeightsMissingError(
-            f"Inception-v3 weights not found: {path}. clean-fid would download them from {inception_url}; "
-            f"diffbook does not download. On a machine with internet, fetch that URL, then copy the file to "
-            f"{path} (or to a directory named by $DIFFBOOK_INCEPTION_DIR) on the offline cluster."
-        )
-    return path
+    fix = (
+        f"run python -m diffbook fetch-inception, which downloads {inception_url}; offline, download it elsewhere "
+        "and run fetch-inception --from FILE"
+    )
+    try:
+        return cached_file(INCEPTION_FILE, fix)
+    except FileNotFoundError as missing:
+        raise InceptionWeightsMissingError(f"Inception-v3 weights: {missing}") from None
 
 
 CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats/"

@@ -22,6 +22,7 @@ from diffbook.nets.dit import DiTConfig
 from diffbook.nets.latent_diffit import LatentDiffiT, LatentDiffiTConfig
 from diffbook.nets.tmsa import relative_position_index
 from diffbook.nets.transformer import sincos_pos_embed_2d
+from diffbook.runtime.files import load_torch_file
 
 # Released name (a regular expression on the whole key) -> the package's name: the names that DiffiT's release
 # shares with DiT's (whose code it extends), then its own.
@@ -94,12 +95,13 @@ def load_released_diffit(path: str | Path, config: LatentDiffiTConfig) -> Latent
     """``LatentDiffiT(config)`` with the released weights of ``path`` (e.g. the ImageNet-256 checkpoint with the
     ``imagenet256`` preset); every parameter must be matched (strict loading)."""
     path = Path(path)
+    download = (
+        "download the released weights from the Hugging Face repository nvidia/DiffiT "
+        "(linked from github.com/NVlabs/DiffiT) and pass the file's path"
+    )
     if not path.is_file():
-        raise FileNotFoundError(
-            f"DiffiT checkpoint {str(path)!r} not found: download the released weights from the Hugging Face "
-            "repository nvidia/DiffiT (linked from github.com/NVlabs/DiffiT) and pass the file's path"
-        )
-    released = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"DiffiT checkpoint {str(path)!r} not found: {download}")
+    released = load_torch_file(path, "a released DiffiT checkpoint", download)
     net = LatentDiffiT(config)
     net.load_state_dict(convert_released_state_dict(released, config))
     return net

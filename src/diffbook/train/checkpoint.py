@@ -2,59 +2,69 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+
+from diffbook.runtime.files import CheckpointError, load_torch_file, write_atomically
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically: the file at ``path`` is the old checkpoint or the new one, whole."""
-    _write_atomically(Path(path), lambda file: torch.save(state, file))
+    write_atomically(Path(path), lambda file: torch.save(state, file))
 
 
 def copy_checkpoint(source: str | Path, destination: str | Path) -> None:
     """Copy a checkpoint atomically, so that a snapshot costs a file copy rather than a second serialisation."""
     with open(source, "rb") as src:
-        _write_atomically(Path(destination), lambda file: shutil.copyfileobj(src, file))
+        write_atomically(Path(destination), lambda file: shutil.copyfileobj(src, file))
 
 
-class CheckpointError(ValueError):
-    """A file that is not a whole diffbook checkpoint; the message names the file, what to do, and a good snapshot."""
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` (read by :func:`~diffbook.runtime.files.load_torch_file`).
 
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint`, on the CPU; ``weights_only`` unpickles no code.
-
-    A file torch cannot read (truncated, empty, not a torch file) or that holds no ``model`` weights raises
-    :class:`CheckpointError`. Torch's own message is not passed on: for a corrupt file it suggests
-    ``weights_only=False``, which would run whatever code the file holds.
+    A file torch cannot read, or that holds no ``model`` weights, raises :class:`CheckpointError`, whose message
+    names the newest snapshot beside it when there is one.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError, by how the file is broken
-        raise CheckpointError(_unreadable(path, f"torch cannot read it: {type(error).__name__}")) from None
+    state = load_torch_file(path, "a diffbook checkpoint", _fallback(path), mmap=mmap)
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(_unreadable(path, "it holds no 'model' weights"))
+        reason = "it holds no 'model' weights"
+        raise CheckpointError(f"{path} is corrupt or not a diffbook checkpoint ({reason}); {_fallback(path)}")
     return state
 
 
-def _unreadable(path: Path, reason: str) -> str:
+def load_weights(module: nn.Module, weights: Mapping[str, Tensor], path: str | Path) -> None:
+    """``module.load_state_dict(weights)``, or one CheckpointError that counts what does not fit and names the
+    first few keys, rather than torch's list of every key."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    problems = [
+        f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path} holds weights of another model: {'; '.join(problems)} of {len(expected)} keys; "
+            "load it with the config it was trained with"
+        )
+    module.load_state_dict(weights)
+
+
+def _fallback(path: Path) -> str:
     snapshots = sorted(path.parent.glob("checkpoint-*.pt"))
-    fallback = (
-        f"the newest snapshot beside it is {snapshots[-1]}: copy it to {path} to resume from there"
-        if snapshots
-        else "there is no snapshot beside it (train.keep_checkpoints=true keeps them): train the run again"
-    )
-    return f"{path} is corrupt or not a diffbook checkpoint ({reason}); {fallback}"
+    if snapshots:
+        return f"the newest snapshot beside it is {snapshots[-1]}: copy it to {path} to resume from there"
+    return "there is no snapshot beside it (train.keep_checkpoints=true keeps them): train the run again"
 
 
 def rng_state() -> dict[str, Any]:
@@ -80,30 +90,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    # One fixed temporary name beside the target: os.replace is atomic only within a file system, and a file
-    # left by a killed writer is overwritten by the next save instead of piling up. Only rank 0 writes.
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename lives in the directory's entry table; without this a power cut can still undo it. POSIX only.
-    if os.name != "posix":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -14,7 +14,8 @@ class TrainConfig:
 
     ``precision``: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient scaler; CUDA only).
     ``*_every`` count optimizer steps; ``sample_every = 0`` never samples. ``keep_checkpoints`` keeps a
-    ``checkpoint-{step:07d}.pt`` snapshot beside the latest ``checkpoint.pt`` at every save.
+    ``checkpoint-{step:07d}.pt`` snapshot beside the latest ``checkpoint.pt`` at every save. Every step's loss is
+    checked for NaN and inf; ``finite_check_every`` steps pass between checks, each of which waits for the device.
     """
 
     steps: int
@@ -30,6 +31,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: bool = False
     sample_every: int = 0
+    finite_check_every: int = 1
     num_workers: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -59,6 +61,7 @@ class TrainConfig:
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.sample_every >= 0, f"sample_every must be >= 0 (0 = never), got {self.sample_every}"),
+            (self.finite_check_every >= 1, f"finite_check_every must be >= 1, got {self.finite_check_every}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
             (
                 len(self.betas) == 2 and all(0 <= beta < 1 for beta in self.betas),

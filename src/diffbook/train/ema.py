@@ -16,6 +16,27 @@ def ema_decay(halflife_images: float, batch_size: int) -> float:
     return 0.5 ** (batch_size / halflife_images)
 
 
+def initial_weight_share(halflife_images: float, batch_size: int, steps: int) -> float:
+    """The share of the initial weights in the average after ``steps`` steps: ``decay ** steps``."""
+    return ema_decay(halflife_images, batch_size) ** steps
+
+
+def short_run_warning(halflife_images: float | None, batch_size: int, steps: int) -> str | None:
+    """A warning when the initial weights still make up more than 3% of the average at the end of the run
+    (the run is under five half-lives): samples from such an average look untrained. None otherwise."""
+    if halflife_images is None:
+        return None
+    share = initial_weight_share(halflife_images, batch_size, steps)
+    if share <= 0.5**5:
+        return None
+    halflife_steps = halflife_images / batch_size
+    return (
+        f"the EMA half-life ({halflife_images:g} images, {halflife_steps:.0f} steps at batch {batch_size}) is long "
+        f"for {steps} steps: the initial weights still make up {share:.0%} of the EMA model that is sampled; "
+        f"set train.ema_halflife_images to at most {steps * batch_size / 5:.0f} or train longer"
+    )
+
+
 class EMA:
     """A frozen copy of ``model`` whose parameters trail the live ones; buffers are copied as they are."""
 

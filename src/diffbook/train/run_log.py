@@ -9,13 +9,20 @@ from pathlib import Path
 
 
 class RunLog:
-    """Mean loss and throughput since the last line of ``log.jsonl`` (``path = None``: compute, write nothing)."""
+    """Mean loss and throughput since the last line of ``log.jsonl`` (``path = None``: compute, write nothing),
+    and the training time of the run, which a resumed run continues."""
 
-    def __init__(self, path: Path | None, step: int, images_per_step: int) -> None:
+    def __init__(self, path: Path | None, step: int, images_per_step: int, seconds: float = 0.0) -> None:
+        """``seconds``: the training time before ``step``, from the checkpoint a resumed run starts from."""
         self.path, self.images_per_step = path, images_per_step
         self.losses: list[list[float]] = []
-        self.start = self.last_time = time.perf_counter()
+        self.last_time = time.perf_counter()
+        self.start = self.last_time - seconds
         self.last_step = step
+
+    def seconds(self) -> float:
+        """Training time so far, across resumes: what ``seconds`` in a line counts."""
+        return time.perf_counter() - self.start
 
     def add(self, losses: list[list[float]]) -> None:
         self.losses += losses

@@ -5,8 +5,8 @@ Each step draws this rank's share of the global batch (:mod:`~diffbook.train.bat
 DistributedDataParallel has averaged over ranks (:mod:`~diffbook.train.players`). A two-player objective
 (:class:`~diffbook.train.players.TwoPlayerObjective`, e.g. SADM's structure discriminator) brings a second set of
 parameters, which gets its own optimizer and its own steps before each of the model's. Losses stay on the device
-between log lines; they are brought back, averaged over ranks and checked for NaN only at the steps that write
-something (a log line, a checkpoint, a sample grid), so the GPU never waits on them.
+for ``finite_check_every`` steps; then they are brought back, averaged over ranks and checked for NaN, and always
+before anything is written (a log line, a checkpoint, a sample grid), so no checkpoint ever holds non-finite weights.
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ from diffbook.runtime.distributed import all_gather_objects, all_reduce_mean, cu
 from diffbook.runtime.precision import autocast_dtype
 from diffbook.runtime.progress import progress_bar
 from diffbook.train.batches import DataPosition, EpochBatches, per_rank_batch_size, to_device
-from diffbook.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from diffbook.train.checkpoint import (
+    CheckpointError,
+    copy_checkpoint,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from diffbook.train.config import TrainConfig
 from diffbook.train.ema import EMA, ema_decay
 from diffbook.train.players import (
@@ -76,6 +84,8 @@ class Trainer:
     resumes from ``checkpoint.pt`` when it exists. ``run_dir = None`` keeps nothing on disk.
     ``sample_fn(model, step) -> (N, C, H, W) in [-1, 1] | None`` is called on rank 0 with the EMA model (or
     the live one, in eval mode) every ``config.sample_every`` steps; returning None skips the grid.
+    ``run_config`` (the run's resolved config) goes into every checkpoint, so that a checkpoint alone says what
+    model it holds and how it was trained.
     Under ``torchrun`` every rank builds the same Trainer (same config, same ``run_dir``); rank 0 alone writes.
     An objective with state of its own (a curriculum's step count) exposes ``state_dict()`` and
     ``load_state_dict(state)`` (:class:`~diffbook.train.players.StatefulObjective`); the checkpoint keeps that
@@ -94,8 +104,10 @@ class Trainer:
         *,
         progress: bool = True,
         desc: str = "train",
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.objective, self.config, self.sample_fn = model, objective, config, sample_fn
+        self.run_config = run_config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress, self.desc = progress, desc
         self.device = next(model.parameters()).device
@@ -126,6 +138,7 @@ class Trainer:
             self.adversary_steps = objective.adversary_steps
         self.step = 0
         self.saved_step: int | None = None
+        self.resumed_seconds = 0.0
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         module = wrap_ddp(module, self.context)
@@ -152,7 +165,7 @@ class Trainer:
         else:
             self._seed_rank()
         result = TrainResult()
-        log = RunLog(self.log_path if self.context.is_main else None, self.step, cfg.batch_size)
+        log = RunLog(self.log_path if self.context.is_main else None, self.step, cfg.batch_size, self.resumed_seconds)
         pending: list[Tensor] = []
         batches = iter(self.batches)
         self.model.train()
@@ -168,12 +181,14 @@ class Trainer:
                 pending.append(self._train_step(next(batches), step))
                 self.step = step + 1
                 # Decided by the config alone: every rank must reach the collectives below at the same steps.
-                if any(self._due(every) for every in (cfg.log_every, cfg.checkpoint_every, cfg.sample_every)):
+                reporting = any(self._due(every) for every in (cfg.log_every, cfg.checkpoint_every, cfg.sample_every))
+                if reporting or self.step % cfg.finite_check_every == 0:
                     losses = self._checked_losses(pending, first_step=self.step - len(pending))
                     pending = []
                     result.losses += [row[0] for row in losses]
                     result.adversary_losses += [row[1] for row in losses if len(row) > 1]
                     log.add(losses)
+                if reporting:
                     self._report(log, bar)
         self.model.eval()
         result.ema = self.ema.model if self.ema is not None else None
@@ -190,7 +205,7 @@ class Trainer:
             record = log.write(self.step, self.player.optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}")
         if self._due(cfg.checkpoint_every) and self.checkpoint_path is not None:
-            self._save_checkpoint(self.checkpoint_path)
+            self._save_checkpoint(self.checkpoint_path, log.seconds())
         if self._due(cfg.sample_every) and self.run_dir is not None and self.sample_fn is not None:
             self._save_samples(self.run_dir, self.sample_fn)
 
@@ -238,7 +253,7 @@ class Trainer:
         """Whether the step just taken ends an interval of ``every`` steps (0: never), or ends the run."""
         return every > 0 and (self.step % every == 0 or self.step == self.config.steps)
 
-    def _save_checkpoint(self, path: Path) -> None:
+    def _save_checkpoint(self, path: Path, seconds: float) -> None:
         # Every rank draws its own noise, so every rank's random state goes into rank 0's file.
         rng_states = all_gather_objects(rng_state())
         if self.context.is_main:
@@ -252,6 +267,8 @@ class Trainer:
                 "data": asdict(self.batches.position),
                 "rng": rng_states,
                 "train_config": asdict(self.config),
+                "config": self.run_config,
+                "seconds": seconds,
             }
             save_checkpoint(state, path)
             if self.config.keep_checkpoints:
@@ -262,9 +279,11 @@ class Trainer:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return False
         state = load_checkpoint(self.checkpoint_path)
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], self.checkpoint_path)
         if self.ema is not None:
-            self.ema.model.load_state_dict(state["ema"])
+            if state.get("ema") is None:
+                raise CheckpointError(f"{self.checkpoint_path} has no EMA weights and this run keeps an EMA")
+            load_weights(self.ema.model, state["ema"], self.checkpoint_path)
         self.player.load_state_dict(state)
         if (state.get("adversary") is not None) != (self.adversary is not None):
             saved = "has" if state.get("adversary") is not None else "has no"
@@ -277,6 +296,7 @@ class Trainer:
             self.objective.load_state_dict(state["objective"])
         self.batches.position = DataPosition(**state["data"])
         self.step = self.saved_step = state["step"]
+        self.resumed_seconds = state.get("seconds", 0.0)
         self._restore_rng(state["rng"])
         if self.context.is_main:
             drop_log_lines_after(self.log_path, self.step)
