@@ -204,3 +204,16 @@ def test_a_corrupt_checkpoint_is_one_line_that_never_advises_unsafe_loading(tmp_
     assert "corrupt or not a diffbook checkpoint" in err and str(ckpt) in err
     assert "weights_only" not in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sample_and_evaluate_show_progress_unless_tqdm_disable_is_set(tmp_path, capsys, monkeypatch):
+    ckpt, out = _tiny_run(tmp_path, "digits/edm"), tmp_path / "samples"
+    sample = ("sample", "--ckpt", ckpt, "--seeds", "0-3", "--batch", "2", "--out", out)
+    evaluate = ("evaluate", "--samples", out, "--ref", "digits", "--metrics", "is")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    status, _, err = _run(capsys, *sample)
+    assert status == 0 and "sample: 100%" in err and "4/4" in err
+    status, _, err = _run(capsys, *evaluate)
+    assert status == 0 and "features of the samples: 100%" in err
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert all("100%" not in _run(capsys, *command)[2] for command in (sample, evaluate))
