@@ -1,5 +1,6 @@
 # diffbook: every target sets up what it needs, on a machine that has only Python 3.11 and pip.
 #   make book        build the book into _build/html (renders committed notebook outputs, no execution)
+#   make pdf         the book as one PDF, _build/pdf/diffbook.pdf, printed offline by the system Chromium
 #   make test        unit tests, notebooks in the quick profile (nbval), then a strict book build
 #   make lint        ruff on the whole tree, mypy over src/
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
@@ -20,7 +21,7 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test unit nbtest lint notebooks exercises bench lab clean
+.PHONY: install book pdf test unit nbtest lint notebooks exercises bench lab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,13 @@ install: $(STAMP)
 
 book: install
 	$(BIN)/jupyter-book build . --builder html --warningiserror --keep-going
+
+# The single page is written beside the root page (book/), but its figures and styles are linked from the site's
+# root, so it is printed from a copy there.
+pdf: install
+	$(BIN)/jupyter-book build . --builder singlehtml --keep-going
+	cp _build/singlehtml/book/preface.html _build/singlehtml/diffbook.html
+	$(BIN)/python -m diffbook pdf _build/singlehtml/diffbook.html --out _build/pdf/diffbook.pdf
 
 unit: install
 	$(BIN)/python -m pytest tests -n $(JOBS)

@@ -16,10 +16,10 @@ import functools
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
@@ -28,19 +28,16 @@ import nbformat
 import pytest
 import yaml
 
+import diffbook
+from diffbook.booktools.pdf import find_chromium, print_page
+from diffbook.booktools.project import CONTENT_LICENCE, home_url
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-REPOSITORY = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+REPOSITORY = home_url(ROOT).removeprefix("https://github.com/")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 # A term that only a chapter uses, and the page the search must lead to.
 SEARCH_TERM, SEARCH_PAGE = "isotropy", "notebooks/03_iso_diffusion.html"
-
-
-def find_chromium() -> str | None:
-    """The system Chromium: ``$CHROMIUM`` if set, else the first of Debian's and other distributions' names."""
-    candidates = [os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"]
-    return next((path for name in candidates if name and (path := shutil.which(name))), None)
 
 
 def require_browser() -> tuple[object, str]:
@@ -231,3 +228,27 @@ def test_screenshots_of_the_preface_and_a_chapter(site: str, browser: object) ->
         visit.page.screenshot(path=str(SCREENSHOTS / name), full_page=False)
         assert (SCREENSHOTS / name).stat().st_size > 10_000
         visit.page.close()
+
+
+def test_the_book_shows_its_version_licences_and_citation(site: str, browser: object) -> None:
+    visit = PageVisit(browser, urljoin(site, "book/preface.html"))
+    version = f"v{diffbook.__version__}"
+    assert version in visit.page.title() and version in visit.page.locator("footer.bd-footer-content").inner_text()
+    assert CONTENT_LICENCE in visit.page.locator("footer.bd-footer-content").inner_text()
+    bibtex = visit.page.locator("#cite-this-book pre").inner_text()
+    assert bibtex.startswith("@book{diffbook,") and f"url       = {{{home_url(ROOT)}}}" in bibtex
+    assert not visit.errors, visit.errors
+    visit.page.close()
+
+
+def test_a_chapter_prints_to_a_pdf_with_its_text_formulas_and_figures(site: str, browser: object, tmp_path) -> None:
+    from pypdf import PdfReader
+
+    pdf = PdfReader(print_page(browser, urljoin(site, SEARCH_PAGE), tmp_path / "chapter.pdf"))
+    text = unicodedata.normalize("NFKC", " ".join(page.extract_text() for page in pdf.pages))  # "ﬀ" -> "ff"
+    assert len(pdf.pages) >= 5 and "Iso-Diffusion" in text and SEARCH_TERM in text
+    assert "\\frac" not in text and "$$" not in text  # formulas typeset, not their TeX
+    figures = sum(len(page.images) for page in pdf.pages)
+    assert figures >= committed_figures(
+        ROOT / "notebooks" / SEARCH_PAGE.removeprefix("notebooks/").replace(".html", ".ipynb")
+    )

@@ -230,7 +230,7 @@ def test_time_mlp_embeds_a_shared_noise_level_once_with_the_same_result():
     torch.testing.assert_close(net(x, mixed), torch.cat([net(x[i : i + 1], mixed[i : i + 1]) for i in range(6)]))
 
 
-def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path):
+def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path, capsys):
     from test_diffit import assert_time_mlp_reads_cos_sin
 
     from diffbook.cli import main
@@ -265,7 +265,9 @@ def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path
     torch.save(released, tmp_path / "dit.pt")
 
     assert main(["import-dit", str(tmp_path / "dit.pt"), *overrides, "--out", str(tmp_path / "checkpoint.pt")]) == 0
+    assert "are licensed CC BY-NC 4.0: non-commercial use only" in capsys.readouterr().err
     experiment = Experiment.load("imagenet256/sadm", [*overrides, f"network.init_from={tmp_path / 'checkpoint.pt'}"])
+    assert experiment.licence == "CC BY-NC 4.0 (facebookresearch/DiT)" == experiment.record()["licence"]
     net = experiment.initial_model().net  # strict: every parameter is matched
     torch.testing.assert_close(net.blocks[1].modulation[1].weight, released["blocks.1.adaLN_modulation.1.weight"])
     assert_time_mlp_reads_cos_sin(net, released)

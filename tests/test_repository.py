@@ -30,6 +30,7 @@ from diffbook.booktools.exercises import (
     student_copy,
     write_student_copies,
 )
+from diffbook.booktools.project import colab_install_cell, home_url
 from diffbook.booktools.runner import execute_notebook, expand_notebook_paths
 from diffbook.cli import main
 from diffbook.profiles import ENV_VAR, PROFILES
@@ -38,22 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BOOK_PAGES = sorted((ROOT / "book").glob("*.md"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-REPOSITORY_URL = CONFIG["repository"]["url"]
+REPOSITORY_URL = home_url(ROOT)
 
 CITATION = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
 BIB_KEY = re.compile(r"^@\w+\s*\{\s*([^,\s]+)\s*,", re.MULTILINE)
 # Paths that give away the machine a notebook ran on: home directories and Python installations.
 MACHINE_PATH = re.compile(r"/home/|/Users/|/root/|[A-Za-z]:\\\\?Users|site-packages|dist-packages")
 COMMAND_WORDS = ("make", "python", "pip", "conda", "torchrun", "jupyter", ".venv/")
-
-
-def install_cell(url: str) -> str:
-    return (
-        "import sys\n"
-        "\n"
-        'if "google.colab" in sys.modules:  # elsewhere `make` has installed the package already\n'
-        f'    %pip install --quiet "diffbook[book] @ git+{url}"'
-    )
 
 
 def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
@@ -237,7 +229,7 @@ def test_every_citation_is_in_the_bibliography() -> None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
 def test_first_code_cell_installs_only_on_colab(path: Path) -> None:
-    assert code_cells(read(path))[0].source.strip() == install_cell(REPOSITORY_URL)
+    assert code_cells(read(path))[0].source.strip() == colab_install_cell(REPOSITORY_URL)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
@@ -304,7 +296,7 @@ def exercise_notebook() -> nbformat.NotebookNode:
     )
     return new_notebook(
         cells=[
-            new_code_cell(install_cell(REPOSITORY_URL), execution_count=1),
+            new_code_cell(colab_install_cell(REPOSITORY_URL), execution_count=1),
             new_code_cell("from diffbook import current_profile\n\nPROFILE = current_profile()", execution_count=2),
             new_markdown_cell("Write the forward process."),
             exercise,
@@ -383,7 +375,7 @@ def test_readme_starts_with_make_book_and_make_test() -> None:
 
 
 def test_contributing_shows_the_install_cell_of_the_notebooks() -> None:
-    assert install_cell(REPOSITORY_URL) in (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert colab_install_cell("<HOME>", "<VERSION>") in (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
 
 
 def test_conda_environment_installs_the_extras_of_pyproject() -> None:

@@ -13,7 +13,7 @@ from identical import assert_same_checkpoint
 from diffbook.cli import main
 from diffbook.config import read_config
 from diffbook.experiments.run_dir import config_changes
-from diffbook.train import load_checkpoint
+from diffbook.train import load_checkpoint, save_checkpoint
 from diffbook.train.ema import initial_weight_share, short_run_warning
 
 
@@ -126,3 +126,13 @@ def test_the_ema_warning_is_the_closed_form_share_of_the_initial_weights(tmp_pat
     status, _, err = _train(capsys, tmp_path / "run", "train.steps=50")
     assert status == 0 and "warning: the EMA half-life" in err and "set train.ema_halflife_images to at most" in err
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["steps"] == 50
+
+
+def test_a_run_fine_tuned_from_licensed_weights_says_so_and_records_the_licence(tmp_path, capsys):
+    assert _train(capsys, tmp_path / "base")[0] == 0
+    base = load_checkpoint(tmp_path / "base" / "checkpoint.pt")
+    save_checkpoint(base | {"licence": "CC BY-NC 4.0 (facebookresearch/DiT)"}, tmp_path / "released.pt")
+    status, _, err = _train(capsys, tmp_path / "tuned", f"network.init_from={tmp_path / 'released.pt'}")
+    assert status == 0 and "is licensed CC BY-NC 4.0 (facebookresearch/DiT); this run's weights inherit it" in err
+    assert load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")["licence"] == "CC BY-NC 4.0 (facebookresearch/DiT)"
+    assert load_checkpoint(tmp_path / "base" / "checkpoint.pt")["licence"] is None

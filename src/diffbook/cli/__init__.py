@@ -16,6 +16,9 @@
   clean-fid's precomputed Inception statistics.
 - ``fetch-inception [--from FILE]``: clean-fid's Inception weights into diffbook's cache (``$DIFFBOOK_CACHE``, else
   ``$XDG_CACHE_HOME/diffbook``), with their SHA-256, which ``evaluate --features inception`` checks before each use.
+- ``stamp``: write ``diffbook.__version__`` and pyproject.toml's home URL into the notebooks' Colab cells and
+  CITATION.cff (:mod:`diffbook.booktools.project`).
+- ``pdf [HTML] [--out PDF]``: print the built book (``make pdf`` builds it as one page) with the system Chromium.
 - ``train-feature-net digits [--out PATH] [--steps N]``: train the digits feature network that ``evaluate`` uses.
 - ``sweep --config NAME --grid KEY=V1,V2 [--grid ...] --seeds 0-2 --out DIR [--samples N] [--jobs J] [key=value ...]``:
   one model per grid point and seed, trained, sampled and scored; ``DIR/table.md`` holds mean +- std per point

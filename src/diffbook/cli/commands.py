@@ -72,6 +72,12 @@ def _train(args: argparse.Namespace) -> int:
             if context.is_main:
                 print(f"{run_dir} is already at step {done} of {steps}: nothing to train (raise train.steps to go on)")
             return 0
+        if experiment.licence and context.is_main:
+            print(
+                f"python -m diffbook train: note: {experiment.network.init_from} is licensed {experiment.licence}; "
+                "this run's weights inherit it, and its checkpoints record it",
+                file=sys.stderr,
+            )
         warning = short_run_warning(experiment.train.ema_halflife_images, experiment.train.batch_size, steps)
         if warning and context.is_main and experiment.network.init_from is None:
             print(f"python -m diffbook train: warning: {warning}", file=sys.stderr)
@@ -87,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
             run_dir,
             preview_fn(experiment),
             desc=str(args.config),
-            run_config=experiment.config,
+            record=experiment.record(),
         )
         trainer.fit()
     finally:
@@ -248,6 +254,7 @@ def _import_dit(args: argparse.Namespace) -> int:
     from diffbook.diffusion import Denoiser
     from diffbook.experiments import Experiment
     from diffbook.nets.convert_dit import load_released_dit
+    from diffbook.nets.releases import RELEASES
     from diffbook.train import save_checkpoint
 
     experiment = Experiment.load(args.config, args.overrides)
@@ -256,7 +263,10 @@ def _import_dit(args: argparse.Namespace) -> int:
     model = Denoiser(load_released_dit(args.weights, experiment.network.config()), experiment.build_process())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"step": 0, "model": model.state_dict(), "ema": None, "config": experiment.config}, out)
+    release = RELEASES["dit"]
+    state = {"step": 0, "model": model.state_dict(), "ema": None, "config": experiment.config}
+    save_checkpoint(state | {"licence": f"{release.licence} ({release.source})"}, out)
+    print(f"python -m diffbook import-dit: note: {release.notice()}", file=sys.stderr)
     print(f"Wrote {args.weights} as a checkpoint for network.init_from: {out}")
     return 0
 
@@ -279,4 +289,23 @@ def _fetch_inception(args: argparse.Namespace) -> int:
 
     path = fetch_to_cache(args.source or inception_url, INCEPTION_FILE)
     print(f"Wrote {path} (SHA-256 {sha256_of(path)}); evaluate --features inception checks it before every use")
+    return 0
+
+
+def _stamp(args: argparse.Namespace) -> int:
+    from diffbook.booktools.project import stamp
+
+    changed = stamp(Path(args.root))
+    print(f"Stamped v{diffbook.__version__} into {len(changed)} file(s)" + "".join(f"\n  {path}" for path in changed))
+    return 0
+
+
+def _pdf(args: argparse.Namespace) -> int:
+    from diffbook.booktools.pdf import print_pdf
+
+    page = Path(args.html)
+    if not page.is_file():
+        raise FileNotFoundError(f"{page} not found: build the book first (make pdf runs the singlehtml build)")
+    out = print_pdf(page.resolve().as_uri(), args.out)
+    print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -13,8 +13,10 @@ from diffbook.cli.commands import (
     _fetch_inception,
     _import_dit,
     _notebooks,
+    _pdf,
     _precompute_latents,
     _sample,
+    _stamp,
     _sweep,
     _train,
     _train_feature_net,
@@ -76,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch-inception", help="clean-fid's Inception weights into the cache, with SHA-256")
     fetch.add_argument("--from", dest="source", default=None, help="a downloaded copy (default: clean-fid's URL)")
     fetch.set_defaults(run=_fetch_inception)
+    stamp = commands.add_parser("stamp", help="write the version and home URL into the notebooks and CITATION.cff")
+    stamp.add_argument("--root", default=".", help="the repository (default: here)")
+    stamp.set_defaults(run=_stamp)
+    pdf = commands.add_parser("pdf", help="print the built book (or one page) to a PDF with the system Chromium")
+    pdf.add_argument("html", nargs="?", default="_build/singlehtml/diffbook.html", help="the built page to print")
+    pdf.add_argument("--out", default="_build/pdf/diffbook.pdf", help="the PDF file")
+    pdf.set_defaults(run=_pdf)
     export = commands.add_parser("export-diffusers", help="a Stable Diffusion run's U-Net and scheduler for diffusers")
     export.add_argument(
         "--ckpt", required=True, help="the run's checkpoint, e.g. runs/sd21-self_perceptual/checkpoint.pt"

@@ -164,6 +164,19 @@ class Experiment:
         load_weights(model, state["ema"] if use_ema and state.get("ema") is not None else state["model"], ckpt)
         return model.eval()
 
+    @property
+    def licence(self) -> str | None:
+        """The licence the trained weights inherit: that of ``network.init_from``'s weights (a release imported by
+        ``import-dit``, say); None when training starts from scratch or from weights of no stated licence."""
+        path = self.network.init_from
+        if path is None or not Path(path).is_file():
+            return None
+        return load_checkpoint(path, mmap=True).get("licence")
+
+    def record(self) -> dict[str, Any]:
+        """What a run's checkpoints record beside the training state: the resolved config and the licence."""
+        return {"config": self.config, "licence": self.licence}
+
     def build_dataset(self) -> Tensor | Dataset:
         """Toy points ``(n, 2)`` drawn with ``train.seed``, or an image or latent dataset (labelled only for
         class-conditional networks) with items ``(C, R, R)``."""

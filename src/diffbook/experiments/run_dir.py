@@ -66,6 +66,7 @@ def config_changes(
     ]
 
 
+SHOWN_CHANGES = 6  # a whole other config differs in dozens of keys; the first few say which run it is
 RESUME_FIX = "choose another --run-dir, or pass --accept-changes to train that run on with this config"
 
 
@@ -90,12 +91,17 @@ def claim_run_dir(
     if stored is not None and not accept_changes:
         changes = config_changes(stored.config, experiment.config, allowed)
         if changes:
-            raise ValueError(f"{run_dir} holds a run of another config ({'; '.join(changes)}): {fix}")
+            raise ValueError(f"{run_dir} holds a run of another config ({_listed(changes)}): {fix}")
     step = stored.step if stored is not None else 0
     if record and step < experiment.train.steps:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(run_dir / "config.yaml", lambda file: file.write(experiment.to_yaml().encode()))
     return step
+
+
+def _listed(changes: list[str]) -> str:
+    more = len(changes) - SHOWN_CHANGES
+    return "; ".join(changes[:SHOWN_CHANGES]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _leaves(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -24,7 +24,7 @@ def train_run(experiment: Experiment, run_dir: Path, progress: bool = True, desc
     objective = experiment.build_objective(model)
     dataset = experiment.build_dataset()
     trainer = Trainer(
-        model, objective, dataset, experiment.train, run_dir, progress=progress, desc=desc, run_config=experiment.config
+        model, objective, dataset, experiment.train, run_dir, progress=progress, desc=desc, record=experiment.record()
     )
     trainer.fit()
     trained = cast(Model, trainer.ema.model) if trainer.ema is not None else model

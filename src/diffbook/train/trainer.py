@@ -84,8 +84,9 @@ class Trainer:
     resumes from ``checkpoint.pt`` when it exists. ``run_dir = None`` keeps nothing on disk.
     ``sample_fn(model, step) -> (N, C, H, W) in [-1, 1] | None`` is called on rank 0 with the EMA model (or
     the live one, in eval mode) every ``config.sample_every`` steps; returning None skips the grid.
-    ``run_config`` (the run's resolved config) goes into every checkpoint, so that a checkpoint alone says what
-    model it holds and how it was trained.
+    ``record`` holds entries written into every checkpoint beside the training state: the run's resolved config
+    (``config``), so that a checkpoint alone says what model it holds and how it was trained, and the licence its
+    weights inherit (``licence``).
     Under ``torchrun`` every rank builds the same Trainer (same config, same ``run_dir``); rank 0 alone writes.
     An objective with state of its own (a curriculum's step count) exposes ``state_dict()`` and
     ``load_state_dict(state)`` (:class:`~diffbook.train.players.StatefulObjective`); the checkpoint keeps that
@@ -104,10 +105,10 @@ class Trainer:
         *,
         progress: bool = True,
         desc: str = "train",
-        run_config: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.objective, self.config, self.sample_fn = model, objective, config, sample_fn
-        self.run_config = run_config
+        self.record = record or {}
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress, self.desc = progress, desc
         self.device = next(model.parameters()).device
@@ -267,8 +268,8 @@ class Trainer:
                 "data": asdict(self.batches.position),
                 "rng": rng_states,
                 "train_config": asdict(self.config),
-                "config": self.run_config,
                 "seconds": seconds,
+                **self.record,
             }
             save_checkpoint(state, path)
             if self.config.keep_checkpoints:
