@@ -46,6 +46,11 @@ CASES = {
         (*TRAIN, "train.lr=1e30", "train.warmup_steps=0", "--run-dir", f"{T}/diverged"),
         "the loss became nan at step 1; lower the learning rate",
     ),
+    "released-weights-not-imported": (
+        ("train", "--config", "imagenet256/sadm", "--run-dir", f"{T}/sadm"),
+        "runs/imagenet256-dit-xl2/checkpoint.pt' not found: import the released weights: python -m diffbook "
+        "import-dit DiT-XL-2-256x256.pt",
+    ),
     # sample
     "seeds-backwards": (("sample", "--ckpt", f"{RUN}/checkpoint.pt", "--seeds", "3-1", "--out", T), "runs backwards"),
     "seeds-not-numbers": (("sample", "--ckpt", f"{RUN}/checkpoint.pt", "--seeds", "0-x", "--out", T), "bad seeds"),

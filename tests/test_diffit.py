@@ -399,8 +399,9 @@ def test_the_latent_configs_follow_the_paper_and_d17():
     assert 0.5 ** (256 / cfg["train"]["ema_halflife_images"]) == pytest.approx(0.9999, abs=1e-9)
     sampler = Experiment.from_config(cfg).sampler
     assert (sampler.steps, sampler.options.variance, sampler.options.cfg_power) == (250, "learned", 4.0)
-    assert sampler.options.cfg_channels is None  # D17: all four channels by default
+    assert sampler.options.cfg_channels == 3  # D17: as the release, whose scales were tuned on channels 0-2
     assert read_config("imagenet512/diffit")["sample"]["cfg_scale"] == 1.49
+    assert read_config("imagenet512/diffit")["sample"]["cfg_channels"] == 3
 
 
 def test_a_guided_config_sampler_runs_a_small_class_conditional_model():

@@ -123,6 +123,7 @@ def test_the_ema_warning_is_the_closed_form_share_of_the_initial_weights(tmp_pat
     assert short_run_warning(1000, 100, 50) is None  # five half-lives: 3.1%, the threshold
     assert "still make up 25% of the EMA model" in short_run_warning(1000, 100, 20)
     assert short_run_warning(None, 100, 20) is None
+    assert short_run_warning(1000, 100, 20, rampup_ratio=0.05) is None  # the ramp-up starts from the live weights
     status, _, err = _train(capsys, tmp_path / "run", "train.steps=50")
     assert status == 0 and "warning: the EMA half-life" in err and "set train.ema_halflife_images to at most" in err
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["steps"] == 50

@@ -47,6 +47,26 @@ def test_ema_decay_is_set_by_half_life_in_images():
         ema_decay(0, 8)
 
 
+def test_the_ema_ramp_up_is_edms():
+    # EDM's training loop: half-life = min(half-life, ratio * images seen before the step); 0.5 ** (B / half-life).
+    assert ema_decay(500_000, 512, images_seen=0, rampup_ratio=0.05) == 0.0
+    assert ema_decay(500_000, 512, 51_200, 0.05) == pytest.approx(0.5 ** (512 / 2_560))
+    assert ema_decay(500_000, 512, 10**9, 0.05) == ema_decay(500_000, 512)
+
+
+@pytest.mark.parametrize("rampup", [None, 0.05])
+def test_with_a_ramp_up_the_average_starts_as_the_live_weights(rampup):
+    from diffbook.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = Denoiser(TimeMLP(hidden=16), EDM())
+    config = TrainConfig(steps=1, batch_size=8, lr=1e-2, ema_halflife_images=100, ema_rampup_ratio=rampup)
+    trainer = Trainer(model, DenoisingLoss(), torch.randn(16, 2), config, None, progress=False)
+    trainer.fit()
+    same = all(torch.equal(a, b) for a, b in zip(trainer.ema.model.parameters(), model.parameters(), strict=True))
+    assert same == (rampup is not None)
+
+
 def test_ema_is_the_exponentially_weighted_average_of_the_iterates():
     model = torch.nn.Linear(1, 1, bias=False)
     ema = EMA(model, decay=0.9)

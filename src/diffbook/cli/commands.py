@@ -78,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
                 "this run's weights inherit it, and its checkpoints record it",
                 file=sys.stderr,
             )
-        warning = short_run_warning(experiment.train.ema_halflife_images, experiment.train.batch_size, steps)
+        train = experiment.train
+        warning = short_run_warning(train.ema_halflife_images, train.batch_size, steps, train.ema_rampup_ratio)
         if warning and context.is_main and experiment.network.init_from is None:
             print(f"python -m diffbook train: warning: {warning}", file=sys.stderr)
         # Before anything is built: train.seed alone fixes the initial weights, so one command gives one model.

@@ -137,6 +137,7 @@ class Experiment:
     def initial_model(self) -> Model:
         """:meth:`build_model` with ``network.init_from``'s weights loaded when it is set: what training starts
         from. Objectives built from it (the self-perceptual loss's frozen copy) keep these weights."""
+        self._require_init_from()  # before a large network is built for nothing
         return self.load_init_weights(self.build_model())
 
     def load_init_weights(self, model: Model) -> Model:
@@ -146,8 +147,7 @@ class Experiment:
         path = self.network.init_from
         if path is None:
             return model
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"network.init_from {str(path)!r} not found: train the run it names first")
+        self._require_init_from()
         state = load_checkpoint(path)
         weights = state["ema"] if state.get("ema") is not None else state["model"]
         if getattr(model.net, "two_times", False) and "net.embed.merge.weight" not in weights:
@@ -155,6 +155,18 @@ class Experiment:
             return model
         load_weights(model, weights, path)
         return model
+
+    def _require_init_from(self) -> None:
+        path = self.network.init_from
+        if path is None or Path(path).is_file():
+            return
+        # A DiT starts from the released weights, which import-dit turns into the checkpoint named here.
+        if self.network.kind == "dit":
+            size = 8 * self.network.config().resolution  # the VAE's latents are 8x smaller than the images
+            fix = f"import the released weights: python -m diffbook import-dit DiT-XL-2-{size}x{size}.pt --out {path}"
+        else:
+            fix = "train the run it names first"
+        raise FileNotFoundError(f"network.init_from {str(path)!r} not found: {fix}")
 
     def load_checkpoint(self, ckpt: str | Path, use_ema: bool = True) -> Model:
         """The model of a Trainer checkpoint (``{'model', 'ema', 'step'}``), EMA weights when there are, in eval."""

@@ -12,6 +12,7 @@ from diffbook.runtime.precision import AUTOCAST_DTYPES
 class TrainConfig:
     """How long and how to train. ``batch_size`` is global: each of the ``W`` processes draws ``batch_size / W``.
 
+    ``ema_rampup_ratio``: EDM's ramp-up of the EMA half-life (:func:`~diffbook.train.ema.ema_decay`); None: none.
     ``precision``: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient scaler; CUDA only).
     ``*_every`` count optimizer steps; ``sample_every = 0`` never samples. ``keep_checkpoints`` keeps a
     ``checkpoint-{step:07d}.pt`` snapshot beside the latest ``checkpoint.pt`` at every save. Every step's loss is
@@ -24,6 +25,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = None
     ema_halflife_images: float | None = None
+    ema_rampup_ratio: float | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     seed: int = 0
@@ -53,6 +55,10 @@ class TrainConfig:
             (
                 self.ema_halflife_images is None or self.ema_halflife_images > 0,
                 f"ema_halflife_images must be None or > 0, got {self.ema_halflife_images}",
+            ),
+            (
+                self.ema_rampup_ratio is None or self.ema_rampup_ratio > 0,
+                f"ema_rampup_ratio must be None or > 0, got {self.ema_rampup_ratio}",
             ),
             (
                 self.precision in AUTOCAST_DTYPES,

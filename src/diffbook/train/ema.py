@@ -8,12 +8,21 @@ import torch
 from torch import nn
 
 
-def ema_decay(halflife_images: float, batch_size: int) -> float:
+def ema_decay(
+    halflife_images: float, batch_size: int, images_seen: float = 0.0, rampup_ratio: float | None = None
+) -> float:
     """Per-step decay ``0.5 ** (batch / half-life)``: the average forgets at the same rate per image seen,
-    whatever the batch size."""
+    whatever the batch size.
+
+    With EDM's ramp-up (``rampup_ratio``, 0.05 in its configs) the half-life is at most ``rampup_ratio *
+    images_seen``, the images trained on before this step: the average starts as the live weights and forgets
+    the early ones fast, instead of carrying the random initial weights for many half-lives.
+    """
     if halflife_images <= 0:
         raise ValueError(f"the EMA half-life must be positive, got {halflife_images}")
-    return 0.5 ** (batch_size / halflife_images)
+    if rampup_ratio is not None:
+        halflife_images = min(halflife_images, rampup_ratio * images_seen)
+    return 0.5 ** (batch_size / max(halflife_images, 1e-8))
 
 
 def initial_weight_share(halflife_images: float, batch_size: int, steps: int) -> float:
@@ -21,10 +30,13 @@ def initial_weight_share(halflife_images: float, batch_size: int, steps: int) ->
     return ema_decay(halflife_images, batch_size) ** steps
 
 
-def short_run_warning(halflife_images: float | None, batch_size: int, steps: int) -> str | None:
+def short_run_warning(
+    halflife_images: float | None, batch_size: int, steps: int, rampup_ratio: float | None = None
+) -> str | None:
     """A warning when the initial weights still make up more than 3% of the average at the end of the run
-    (the run is under five half-lives): samples from such an average look untrained. None otherwise."""
-    if halflife_images is None:
+    (the run is under five half-lives): samples from such an average look untrained. None otherwise, and with
+    a ramp-up, which gives the initial weights no share."""
+    if halflife_images is None or rampup_ratio is not None:
         return None
     share = initial_weight_share(halflife_images, batch_size, steps)
     if share <= 0.5**5:
@@ -47,8 +59,10 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """One step of the average, with ``decay`` (a ramp-up's) in place of the constant one when given."""
+        weight = 1 - (self.decay if decay is None else decay)
         for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1 - self.decay)
+            ema_p.lerp_(p.detach(), weight)
         for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)

@@ -220,8 +220,15 @@ class Trainer:
         with frozen(self.adversary.owner) if self.adversary is not None else nullcontext():
             loss = self.player.step(on_device, warmup, self._autocast)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self._ema_decay(step))
         return torch.stack([loss, *adversary_losses[-1:]])
+
+    def _ema_decay(self, step: int) -> float | None:
+        """The decay of step ``step`` under a ramp-up (it grows with the images seen); None: the constant one."""
+        cfg = self.config
+        if cfg.ema_rampup_ratio is None or cfg.ema_halflife_images is None:
+            return None
+        return ema_decay(cfg.ema_halflife_images, cfg.batch_size, step * cfg.batch_size, cfg.ema_rampup_ratio)
 
     def _autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
