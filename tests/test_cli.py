@@ -13,7 +13,7 @@ from diffbook.cli import main
 from diffbook.config import read_config
 from diffbook.data.pixels import to_uint8, write_pngs
 from diffbook.experiments import Experiment
-from diffbook.experiments.sampling import parse_int_ranges
+from diffbook.experiments.sampling import labels_by_seed, parse_int_ranges
 from diffbook.metrics.features import (
     DIGITS_WEIGHTS,
     InceptionFeatures,
@@ -87,8 +87,38 @@ def test_image_k_is_the_same_whatever_the_batch_size(tmp_path, capsys, name):
     b1, b3 = (np.stack([_pixels(tmp_path / f"b{batch}", seed) for seed in range(5)]).astype(int) for batch in (1, 3))
     assert np.abs(b1 - b3).max() <= 1 and (b1 != b3).mean() < 0.01
     assert not np.array_equal(_pixels(tmp_path / "b1", 0), _pixels(tmp_path / "b1", 1))
-    arrays = np.load(tmp_path / "b3" / "samples.npz")
-    assert arrays["images"].shape == (5, 16, 16, 1) and arrays["seeds"].tolist() == [0, 1, 2, 3, 4]
+    arrays = np.load(tmp_path / "b3" / "samples.npz")  # ADM's layout: arr_0 the images; no labels, unconditional
+    assert arrays["arr_0"].shape == (5, 16, 16, 1) and arrays["arr_0"].dtype == np.uint8
+    assert np.array_equal(arrays["arr_0"][2, ..., 0], _pixels(tmp_path / "b3", 2))
+    assert arrays["seeds"].tolist() == [0, 1, 2, 3, 4] and "arr_1" not in arrays
+
+
+def test_class_labels_cycle_by_seed_or_are_drawn_from_it_and_go_into_the_npz(tmp_path, capsys):
+    ckpt = _tiny_run(tmp_path, "digits/sp_pretrain_cond")
+    for labels, batch in (("0-9", 4), ("random", 4), ("random", 1)):
+        out = tmp_path / f"{labels}-{batch}"
+        args = ("--seeds", "5-16", "--batch", batch, "--class-labels", labels, "--out", out)
+        assert _run(capsys, "sample", "--ckpt", ckpt, *args)[0] == 0
+    cycled, random_4, random_1 = (
+        np.load(tmp_path / name / "samples.npz")["arr_1"].tolist() for name in ("0-9-4", "random-4", "random-1")
+    )
+    assert cycled == [seed % 10 for seed in range(5, 17)]
+    assert random_4 == random_1 == labels_by_seed(range(5, 17), 10)[5:] != cycled
+    # Uniform over the classes: 20,000 draws put 2,000 +- 4 sigma (about 170) in each.
+    counts = np.bincount(labels_by_seed(range(20_000), 10), minlength=10)
+    assert np.abs(counts - 2_000).max() < 170
+
+
+def test_evaluate_reads_the_npz_as_it_reads_the_pngs(tmp_path, capsys):
+    ckpt = _tiny_run(tmp_path, "digits/edm")
+    assert _run(capsys, "sample", "--ckpt", ckpt, "--seeds", "0-9", "--out", tmp_path / "s")[0] == 0
+    evaluate = ("evaluate", "--samples", tmp_path / "s", "--ref", "digits", "--metrics", "fid,is")
+    assert _run(capsys, *evaluate, "--out", tmp_path / "png.json")[0] == 0
+    for png in (tmp_path / "s").glob("*.png"):
+        png.unlink()
+    assert _run(capsys, *evaluate, "--out", tmp_path / "npz.json")[0] == 0
+    read = [json.loads((tmp_path / name).read_text())["metrics"] for name in ("png.json", "npz.json")]
+    assert read[0] == read[1]
 
 
 def test_sample_takes_overrides_of_the_runs_config(tmp_path, capsys):

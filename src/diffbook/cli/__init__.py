@@ -7,10 +7,11 @@
 - ``train --config NAME [key=value ...] [--run-dir DIR] [--dry-run] [--accept-changes]``: train from a config (see
   :mod:`diffbook.experiments.experiment`); resumes from ``DIR/checkpoint.pt`` when there is one, after checking
   that the config changes nothing but the steps and bookkeeping (:mod:`diffbook.experiments.run_dir`).
-- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9] [--vae ID]
+- ``sample --ckpt PATH --seeds 0-49999 --out DIR [--batch 256] [--config YAML] [--class-labels 0-9|random] [--vae ID]
   [key=value ...] [--dry-run]``: one image per seed, the same whatever the batch size or number of processes
   (see :mod:`diffbook.experiments.sampling`), with the config the checkpoint carries (or ``--config``) overridden
-  (``sample.steps=50``, ``sample.sampler=ddim``); a latent model's samples are decoded by the VAE.
+  (``sample.steps=50``, ``sample.sampler=ddim``); a latent model's samples are decoded by the VAE. PNGs, and
+  ``samples.npz`` in the layout of ADM's evaluator (``arr_0`` images, ``arr_1`` labels).
 - ``evaluate --samples DIR --ref NAME|DIR [--metrics fid,kid,is,prdc] [--features digits|inception] [--out JSON]``:
   feature-space metrics of samples against a dataset of the registry, a folder of images, or (``--ref-stats``)
   clean-fid's precomputed Inception statistics.

@@ -112,14 +112,18 @@ def default_run_dir(config: str) -> Path:
 
 def _sample(args: argparse.Namespace) -> int:
     from diffbook.experiments import run_config
-    from diffbook.experiments.sampling import SampleRequest, parse_int_ranges, sample_to_dir
+    from diffbook.experiments.sampling import SampleRequest, labels_by_seed, parse_int_ranges, sample_to_dir
 
     experiment = run_config(args.ckpt, args.config, args.overrides)
     if args.dry_run:
         print(experiment.to_yaml(), end="")
         return 0
     seeds = parse_int_ranges(args.seeds)
-    labels = parse_int_ranges(args.class_labels, "class labels") if args.class_labels else None
+    labels: list[int] | None = None
+    if args.class_labels == "random":
+        labels = labels_by_seed(seeds, experiment.num_classes)
+    elif args.class_labels:
+        labels = parse_int_ranges(args.class_labels, "class labels")
     request = SampleRequest(seeds, args.batch, labels, args.device or _default_device(), args.vae, args.prompt)
     npz = sample_to_dir(args.ckpt, experiment, args.out, request)
     print(f"Wrote samples to {args.out}/ ({npz.name})")

@@ -117,7 +117,11 @@ def _add_sample(commands) -> None:
     sample.add_argument("--out", required=True, help="directory for {seed:06d}.png and samples.npz")
     sample.add_argument("--batch", type=positive_int, default=256, help="images per batch (deterministic samplers)")
     sample.add_argument("--config", default=None, help="the run's config (default: config.yaml beside --ckpt)")
-    sample.add_argument("--class-labels", default=None, help="labels cycled by seed, e.g. 0-9: seed k gets k %% 10")
+    sample.add_argument(
+        "--class-labels",
+        default=None,
+        help="labels cycled by seed (0-9: seed k gets k %% 10), or random: uniform, drawn from each seed, as releases",
+    )
     sample.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK if there is a GPU, else cpu")
     sample.add_argument("--vae", default=None, help="latent models: the decoder's id or folder (default: the SD VAE)")
     sample.add_argument("--prompt", action="append", help="text-to-image models: a prompt, cycled by seed; repeat")

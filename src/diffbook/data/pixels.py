@@ -42,7 +42,7 @@ def read_image_folder(folder: str | Path) -> Tensor:
         npz = sorted(folder.glob("samples*.npz"))
         if not npz:
             raise FileNotFoundError(f"no .png images or samples*.npz files in {folder}")
-        images = np.concatenate([np.load(path)["images"] for path in npz])
+        images = np.concatenate([np.load(path)["arr_0"] for path in npz])  # ADM's layout, as sample writes it
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 

@@ -100,8 +100,9 @@ def sample_to_dir(
 ) -> Path:
     """Sample this shard's seeds from a checkpoint of ``experiment`` into ``out_dir``; returns the ``.npz`` path.
 
-    Images go to ``{seed:06d}.png`` and, with their seeds, to the npz as ``images: (N, H, W, C)`` uint8;
-    2-D toy points go to the npz only, as ``samples: (N, 2)`` float32. A bar counts the images (on rank 0).
+    Images go to ``{seed:06d}.png`` and to the npz in the layout of ADM's evaluator: ``arr_0: (N, H, W, C)``
+    uint8, ``arr_1: (N,)`` their class labels (class-conditional models), and ``seeds: (N,)``. 2-D toy points go
+    to the npz only, as ``samples: (N, 2)`` float32. A bar counts the images (on rank 0).
     """
     shard = shard or Shard.from_env()
     if request.class_labels is not None and not experiment.num_classes:
@@ -128,11 +129,33 @@ def sample_to_dir(
         else:
             chunks.append(samples.float().cpu().numpy())
     bar.close()
-    key = "images" if len(shape) == 3 else "samples"
-    npz_path = out_dir / shard.npz_name
-    arrays = {key: np.concatenate(chunks), "seeds": np.asarray(my_seeds, dtype=np.int64)}
-    np.savez(npz_path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as its allow_pickle
-    return npz_path
+    labels = (
+        None
+        if request.class_labels is None
+        else [request.class_labels[s % len(request.class_labels)] for s in my_seeds]
+    )
+    return _write_npz(out_dir / shard.npz_name, np.concatenate(chunks), my_seeds, labels)
+
+
+def _write_npz(path: Path, samples: np.ndarray, seeds: Sequence[int], labels: Sequence[int] | None) -> Path:
+    arrays = {"arr_0" if samples.ndim == 4 else "samples": samples, "seeds": np.asarray(seeds, dtype=np.int64)}
+    if labels is not None:
+        arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as its allow_pickle
+    return path
+
+
+# Labels draw from their own stream of the seed, apart from the noise, which torch draws from the seed itself.
+LABEL_STREAM = 1
+
+
+def labels_by_seed(seeds: Sequence[int], num_classes: int) -> list[int]:
+    """Uniform random class labels, drawn from each seed alone, as the releases sample theirs (not cycled), and
+    the same whatever the batch size or number of processes. Entry ``s`` is seed ``s``'s label, so the list
+    plays the role of ``class_labels`` (seed ``s`` gets entry ``s % len``)."""
+    if num_classes < 1:
+        raise ValueError("--class-labels random given, but the model is unconditional (num_classes = 0)")
+    return [int(np.random.default_rng([seed, LABEL_STREAM]).integers(num_classes)) for seed in range(max(seeds) + 1)]
 
 
 def _latent_decoder(experiment: Experiment, vae: str | None, device: str) -> Callable[[Tensor], Tensor] | None:
