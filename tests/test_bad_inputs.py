@@ -49,7 +49,7 @@ CASES = {
     "released-weights-not-imported": (
         ("train", "--config", "imagenet256/sadm", "--run-dir", f"{T}/sadm"),
         "runs/imagenet256-dit-xl2/checkpoint.pt' not found: import the released weights: python -m diffbook "
-        "import-dit DiT-XL-2-256x256.pt",
+        "import-dit DiT-XL-2-256x256.pt --config CONFIG --out runs/imagenet256-dit-xl2/checkpoint.pt",
     ),
     # sample
     "seeds-backwards": (("sample", "--ckpt", f"{RUN}/checkpoint.pt", "--seeds", "3-1", "--out", T), "runs backwards"),

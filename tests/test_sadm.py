@@ -231,3 +231,30 @@ def test_the_config_builds_each_encoder_and_refuses_bad_knobs():
             cfg.build_objective(cfg.build_model())
     with pytest.raises(ValueError, match="unknown config key 'objective.lambda'"):
         Experiment.load("toy/edm", ["objective.kind=sadm", "objective.lambda=1"])
+
+
+def test_the_imagenet_512_config_is_the_256_one_at_64_by_64_latents():
+    from diffbook.config import read_config
+    from diffbook.experiments import Experiment
+
+    at_256, at_512 = read_config("imagenet256/sadm"), read_config("imagenet512/sadm")
+    differ = {
+        section: {
+            k
+            for k in at_256[section].keys() | at_512[section].keys()
+            if at_256[section].get(k) != at_512[section].get(k)
+        }
+        for section in ("data", "network", "objective", "train", "sample")
+    }
+    assert differ == {
+        "data": {"root"},
+        "network": {"overrides", "init_from"},
+        "objective": set(),
+        "train": set(),
+        "sample": set(),
+    }
+    experiment = Experiment.from_config(at_512)
+    with torch.device("meta"):
+        net = experiment.build_model().net
+    assert experiment.sample_shape == (4, 64, 64) and net.pos_embed.shape[0] == (64 // 2) ** 2
+    assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(675.7, abs=1.0)  # DiT-XL/2 (Table 1: 675 M)

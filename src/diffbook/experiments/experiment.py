@@ -163,7 +163,8 @@ class Experiment:
         # A DiT starts from the released weights, which import-dit turns into the checkpoint named here.
         if self.network.kind == "dit":
             size = 8 * self.network.config().resolution  # the VAE's latents are 8x smaller than the images
-            fix = f"import the released weights: python -m diffbook import-dit DiT-XL-2-{size}x{size}.pt --out {path}"
+            release = f"DiT-XL-2-{size}x{size}.pt"
+            fix = f"import the released weights: python -m diffbook import-dit {release} --config CONFIG --out {path}"
         else:
             fix = "train the run it names first"
         raise FileNotFoundError(f"network.init_from {str(path)!r} not found: {fix}")
