@@ -48,8 +48,8 @@ CASES = {
     ),
     "released-weights-not-imported": (
         ("train", "--config", "imagenet256/sadm", "--run-dir", f"{T}/sadm"),
-        "runs/imagenet256-dit-xl2/checkpoint.pt' not found: import the released weights: python -m diffbook "
-        "import-dit DiT-XL-2-256x256.pt --config CONFIG --out runs/imagenet256-dit-xl2/checkpoint.pt",
+        "runs/imagenet256-dit-release/checkpoint.pt' not found: import the released weights: python -m diffbook "
+        "import dit DiT-XL-2-256x256.pt --config imagenet256/dit --out runs/imagenet256-dit-release/checkpoint.pt",
     ),
     # sample
     "seeds-backwards": (("sample", "--ckpt", f"{RUN}/checkpoint.pt", "--seeds", "3-1", "--out", T), "runs backwards"),
@@ -107,20 +107,33 @@ CASES = {
     "benchmark-unknown-suite": (("benchmark", "--suite", "cifar"), "argument --suite: invalid choice: 'cifar'"),
     # importers
     "import-missing-release": (
-        ("import-dit", f"{T}/none.pt", "--out", f"{T}/dit.pt", "--config", "imagenet256/dit"),
+        ("import", "dit", f"{T}/none.pt", "--out", f"{T}/dit.pt"),
         "none.pt' not found: download it on a machine with internet from https://dl.fbaipublicfiles.com",
     ),
+    "import-missing-diffit-release": (
+        ("import", "diffit", f"{T}/diffit_256.safetensors", "--out", f"{T}/diffit.pt"),
+        "diffit_256.safetensors' not found: download diffit_256.safetensors or diffit_512.safetensors from "
+        "https://huggingface.co/nvidia/DiffiT",
+    ),
     "import-corrupt-release": (
-        ("import-dit", f"{CORRUPT}/checkpoint.pt", "--out", f"{T}/dit.pt", "--config", "imagenet256/dit"),
+        ("import", "dit", f"{CORRUPT}/checkpoint.pt", "--out", f"{T}/dit.pt"),
         "is corrupt or not a released DiT checkpoint",
     ),
+    "import-corrupt-safetensors": (
+        ("import", "diffit", f"{CORRUPT}/diffit_256.safetensors", "--out", f"{T}/diffit.pt"),
+        "is corrupt or not a released DiffiT checkpoint (safetensors cannot read it",
+    ),
     "import-a-diffbook-checkpoint": (
-        ("import-dit", f"{RUN}/checkpoint.pt", "--out", f"{T}/dit.pt", "--config", "imagenet256/dit"),
+        ("import", "dit", f"{RUN}/checkpoint.pt", "--out", f"{T}/dit.pt"),
         "unexpected key 'step' in the released DiT state dict",
     ),
     "import-into-a-non-dit-config": (
-        ("import-dit", f"{RUN}/checkpoint.pt", "--out", f"{T}/dit.pt", "--config", "toy/edm"),
-        "import-dit needs a dit config",
+        ("import", "dit", f"{RUN}/checkpoint.pt", "--out", f"{T}/dit.pt", "--config", "toy/edm"),
+        "toy/edm has network.kind 'mlp'; the DiT-XL/2 weights fill a 'dit' network (e.g. --config imagenet256/dit)",
+    ),
+    "import-unknown-release": (
+        ("import", "sd", f"{RUN}/checkpoint.pt"),
+        "argument release: invalid choice: 'sd'",
     ),
     "fetch-missing-file": (("fetch-inception", "--from", f"{T}/none.pt"), "none.pt: No such file or directory"),
 }
@@ -146,6 +159,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
     corrupt.mkdir()
     (corrupt / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
     (corrupt / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
+    (corrupt / "diffit_256.safetensors").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
     (tmp / "bad.yaml").write_text("train:\n  steps: [1,\n")
     _images(tmp / "grey", (8, 8))
     _images(tmp / "rgb", (32, 32, 3))
@@ -161,7 +175,7 @@ def _status(argv: list[str]) -> int:
 
 def test_the_table_covers_every_command():
     commands = {argv[0] for argv, _ in CASES.values()}
-    assert commands >= {"train", "sample", "evaluate", "sweep", "benchmark", "import-dit", "fetch-inception"}
+    assert commands >= {"train", "sample", "evaluate", "sweep", "benchmark", "import", "fetch-inception"}
     assert len(CASES) >= 30
 
 

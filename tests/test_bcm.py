@@ -548,17 +548,21 @@ def test_ct_only_trains_a_single_time_network_whose_weights_start_bcm_fine_tunin
 
 def test_unet_consistency_weights_load_into_the_two_time_unet_exactly():
     torch.manual_seed(0)
-    single = UNet(unet_preset("digits16", num_classes=10, init_zero=False)).eval()
-    two_time = UNet(unet_preset("digits16", num_classes=10, init_zero=False, two_times=True)).eval()
+    single = UNet(unet_preset("digits16", init_zero=False)).eval()
+    two_time = UNet(unet_preset("digits16", init_zero=False, two_times=True)).eval()
     load_single_time_weights(two_time, single.state_dict())
-    x, labels = torch.randn(3, 1, 16, 16), torch.tensor([0, 4, 9])
+    x = torch.randn(3, 1, 16, 16)
     noise_labels = torch.tensor([-500.0, 10.0, 900.0])
     both = torch.stack([noise_labels, torch.tensor([-1500.0, 200.0, 1000.0])], dim=1)
-    assert torch.equal(two_time(x, both, labels), single(x, noise_labels, labels))
+    assert torch.equal(two_time(x, both), single(x, noise_labels))
     with pytest.raises(ValueError, match="already holds a two-time"):
         load_single_time_weights(two_time, two_time.state_dict())
     with pytest.raises(ValueError, match=r"shape \(B, 2\)"):
-        two_time(x, noise_labels, labels)
+        two_time(x, noise_labels)
+    # The package's single-time U-Net adds its class inside the MLP, the two-time one after the merge.
+    conditional = UNet(unet_preset("digits16", num_classes=10, two_times=True))
+    with pytest.raises(ValueError, match="class-conditional single-time network adds its class before"):
+        load_single_time_weights(conditional, UNet(unet_preset("digits16", num_classes=10)).state_dict())
 
 
 # Configs
@@ -586,7 +590,8 @@ def test_the_imagenet64_fine_tune_carries_the_authors_settings():
     assert objective.num_scales == 321 and objective.exclude_sigma_max and objective.bidirectional
     assert (train_cfg["batch_size"], train_cfg["lr"], train_cfg["precision"]) == (4096, 1e-4, "fp16")
     assert 0.5 ** (4096 / train_cfg["ema_halflife_images"]) == pytest.approx(0.99997, abs=1e-9)
-    assert cfg["network"]["overrides"]["num_classes"] == 1000 and cfg["network"]["overrides"]["two_times"]
+    network = experiment.network.config()
+    assert network.num_classes == 1000 and network.two_times
     cifar = Experiment.load("cifar10/bcm").config
     assert 0.5 ** (1024 / cifar["train"]["ema_halflife_images"]) == pytest.approx(0.99993, abs=1e-9)
     assert "ours" in cifar["source"].lower()

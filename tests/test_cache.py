@@ -47,6 +47,17 @@ def test_a_fetched_file_is_recorded_with_its_sha256_and_checked(tmp_path, cache,
         cached_file("weights.bin", "fetch it")
 
 
+def test_a_file_that_is_not_the_release_is_refused_and_the_good_one_kept(tmp_path, cache):
+    prefix = hashlib.sha256(WEIGHTS).hexdigest()[:8]  # as a release's name carries its digest's first digits
+    (tmp_path / "good.bin").write_bytes(WEIGHTS)
+    (tmp_path / "bad.bin").write_bytes(b"an error page, saved under the weights' name")
+    path = fetch_to_cache(str(tmp_path / "good.bin"), "weights.bin", prefix)
+    with pytest.raises(ValueError, match=f"not {prefix}... as weights.bin has"):
+        fetch_to_cache(str(tmp_path / "bad.bin"), "weights.bin", prefix)
+    assert path.read_bytes() == WEIGHTS and cached_file("weights.bin", "fetch it") == path
+    assert sorted(p.name for p in cache.iterdir()) == ["weights.bin", "weights.bin.sha256"]
+
+
 def test_fetch_inception_puts_the_weights_where_evaluate_reads_them(tmp_path, cache, capsys):
     source = tmp_path / INCEPTION_FILE
     source.write_bytes(WEIGHTS)

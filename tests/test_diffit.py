@@ -550,5 +550,27 @@ def test_the_released_latent_diffit_weights_load_into_the_package_model(tmp_path
     assert_time_mlp_reads_cos_sin(net, released)
     with pytest.raises(ValueError, match="unexpected key"):
         convert_released_state_dict({**released, "blocks.0.attn.gate": torch.zeros(1)}, config)
-    with pytest.raises(ValueError, match="pos_embed does not match"):
+    with pytest.raises(ValueError, match="pos_embed has shape .* the weights are for another resolution"):
         convert_released_state_dict(released, latent_diffit_preset("imagenet256", resolution=16, dim=32))
+
+
+def test_import_diffit_turns_the_released_safetensors_into_a_checkpoint_of_the_same_network(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from diffbook.experiments import run_config
+    from diffbook.nets.convert_diffit import load_released_diffit
+
+    sizes = "{resolution: 8, dim: 32, depth: 2, num_heads: 4, num_classes: 10, learn_sigma: true}"
+    overrides = [f"network.overrides={sizes}"]
+    config = Experiment.load("imagenet256/diffit", overrides).network.config()
+    weights, out = tmp_path / "diffit_256.safetensors", tmp_path / "release" / "checkpoint.pt"
+    save_file({key: value.contiguous() for key, value in released_state_dict(config).items()}, weights)
+    assert main(["import", "diffit", str(weights), *overrides, "--out", str(out)]) == 0
+    assert "are licensed NVIDIA Source Code License-NC: non-commercial use only" in capsys.readouterr().err
+    assert torch.load(out, weights_only=True)["licence"] == "NVIDIA Source Code License-NC (NVlabs/DiffiT)"
+    experiment = run_config(out)  # the checkpoint carries its config: sample --ckpt needs nothing else
+    assert experiment.config["sample"]["cfg_channels"] == 3
+    imported, direct = experiment.load_checkpoint(out).net.eval(), load_released_diffit(weights, config).eval()
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 900.0]), torch.tensor([3, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x, t, y), direct(x, t, y), rtol=0, atol=0)

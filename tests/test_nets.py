@@ -230,18 +230,10 @@ def test_time_mlp_embeds_a_shared_noise_level_once_with_the_same_result():
     torch.testing.assert_close(net(x, mixed), torch.cat([net(x[i : i + 1], mixed[i : i + 1]) for i in range(6)]))
 
 
-def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path, capsys):
-    from test_diffit import assert_time_mlp_reads_cos_sin
-
-    from diffbook.cli import main
-    from diffbook.experiments import Experiment
-    from diffbook.nets.convert_dit import convert_released_dit
-    from diffbook.nets.dit import dit_preset
+def released_dit_state_dict(config) -> dict[str, torch.Tensor]:
+    """Random weights under the names and shapes of facebookresearch/DiT's checkpoints, for ``config``."""
     from diffbook.nets.transformer import sincos_pos_embed_2d
 
-    sizes = "{num_classes: 10, resolution: 8, depth: 2, dim: 32, num_heads: 4}"
-    overrides = ["network.preset=S/2", f"network.overrides={sizes}"]
-    config = dit_preset("S/2", num_classes=10, resolution=8, depth=2, dim=32, num_heads=4)
     D, p, out = config.dim, config.patch_size, config.patch_size**2 * config.out_channels
     shapes = {
         "x_embedder.proj.weight": (D, config.in_channels, p, p),
@@ -260,11 +252,91 @@ def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path
             f"blocks.{i}.adaLN_modulation.1.weight": (6 * D, D),
         }
     biases = {k.replace("weight", "bias"): (shape[0],) for k, shape in shapes.items() if "embedding" not in k}
-    released = {k: torch.randn(shape) for k, shape in (shapes | biases).items()}
+    generator = torch.Generator().manual_seed(0)
+    released = {k: torch.randn(shape, generator=generator) for k, shape in (shapes | biases).items()}
     released["pos_embed"] = sincos_pos_embed_2d(D, config.grid)[None]
+    return released
+
+
+def to_diffusers_dit(released: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """The release's state dict as diffusers' ``DiTTransformer2DModel`` names it, mapped as diffusers' own
+    ``scripts/convert_dit_to_diffusers.py`` maps it: q, k, v split, and the time and class embedders, which
+    diffusers keeps in every block's adaLN-Zero, copied into each block."""
+    renamed = {
+        "x_embedder.proj": "pos_embed.proj",
+        "final_layer.adaLN_modulation.1": "proj_out_1",
+        "final_layer.linear": "proj_out_2",
+    }
+    per_block = {
+        "adaLN_modulation.1": "norm1.linear",
+        "attn.proj": "attn1.to_out.0",
+        "mlp.fc1": "ff.net.0.proj",
+        "mlp.fc2": "ff.net.2",
+    }
+    embedders = {
+        "t_embedder.mlp.0": "norm1.emb.timestep_embedder.linear_1",
+        "t_embedder.mlp.2": "norm1.emb.timestep_embedder.linear_2",
+        "y_embedder.embedding_table": "norm1.emb.class_embedder.embedding_table",
+    }
+    state = {}
+    for key, value in released.items():
+        if key == "pos_embed":
+            continue  # not a parameter in diffusers, which computes the same fixed sin-cos table
+        module, name = key.rsplit(".", 1)
+        if module in renamed:
+            state[f"{renamed[module]}.{name}"] = value
+        elif module in embedders:
+            state |= {f"transformer_blocks.{i}.{embedders[module]}.{name}": value for i in range(depth)}
+        elif module.startswith("blocks.") and module.endswith("attn.qkv"):
+            block = module.split(".")[1]
+            for part, chunk in zip("qkv", value.chunk(3, dim=0), strict=True):
+                state[f"transformer_blocks.{block}.attn1.to_{part}.{name}"] = chunk
+        elif module.startswith("blocks."):
+            _, block, rest = module.split(".", 2)
+            state[f"transformer_blocks.{block}.{per_block[rest]}.{name}"] = value
+    return state
+
+
+def test_the_released_dit_weights_compute_what_diffusers_dit_computes_with_them(tmp_path):
+    from benchmarks.perf.peers import diffusers_dit
+    from diffbook.nets.convert_dit import load_released_dit
+    from diffbook.nets.dit import dit_preset
+
+    config = dit_preset("S/2", num_classes=10, resolution=8, depth=2, dim=32, num_heads=4)
+    released = released_dit_state_dict(config)
+    torch.save(released, tmp_path / "dit.pt")
+    ours = load_released_dit(tmp_path / "dit.pt", config).eval()
+    theirs = diffusers_dit(config).eval()  # DiTTransformer2DModel of the same sizes, called as a package network
+    theirs.model.load_state_dict(to_diffusers_dit(released, config.depth))  # strict, as diffusers' script loads
+    # diffusers spaces the time frequencies by 1/(half - 1) (downscale_freq_shift=1), DiT and ours by 1/half:
+    # the one place the two ports differ; set it to DiT's so that the comparison sees everything else.
+    for block in theirs.model.transformer_blocks:
+        block.norm1.emb.time_proj.downscale_freq_shift = 0
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, config.in_channels, config.resolution, config.resolution, generator=generator)
+    t, y = torch.tensor([0.0, 250.0, 999.0]), torch.tensor([0, 4, 10])  # 10: the null class of guidance
+    with torch.no_grad():
+        expected = theirs(x, t, y)
+        # Unit-scale random weights give outputs in the thousands; float32 rounding is relative to that scale.
+        torch.testing.assert_close(ours(x, t, y), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path, capsys):
+    from test_diffit import assert_time_mlp_reads_cos_sin
+
+    from diffbook.cli import main
+    from diffbook.experiments import Experiment
+    from diffbook.nets.convert_dit import convert_released_dit
+    from diffbook.nets.dit import dit_preset
+
+    sizes = "{num_classes: 10, resolution: 8, depth: 2, dim: 32, num_heads: 4}"
+    overrides = ["network.preset=S/2", f"network.overrides={sizes}"]
+    config = dit_preset("S/2", num_classes=10, resolution=8, depth=2, dim=32, num_heads=4)
+    D = config.dim
+    released = released_dit_state_dict(config)
     torch.save(released, tmp_path / "dit.pt")
 
-    assert main(["import-dit", str(tmp_path / "dit.pt"), *overrides, "--out", str(tmp_path / "checkpoint.pt")]) == 0
+    assert main(["import", "dit", str(tmp_path / "dit.pt"), *overrides, "--out", str(tmp_path / "checkpoint.pt")]) == 0
     assert "are licensed CC BY-NC 4.0: non-commercial use only" in capsys.readouterr().err
     experiment = Experiment.load("imagenet256/sadm", [*overrides, f"network.init_from={tmp_path / 'checkpoint.pt'}"])
     assert experiment.licence == "CC BY-NC 4.0 (facebookresearch/DiT)" == experiment.record()["licence"]
@@ -273,7 +345,7 @@ def test_the_released_dit_weights_become_a_checkpoint_to_fine_tune_from(tmp_path
     assert_time_mlp_reads_cos_sin(net, released)
     with pytest.raises(ValueError, match="unexpected key"):
         convert_released_dit({**released, "blocks.0.norm1.weight": torch.ones(D)}, config)
-    with pytest.raises(ValueError, match="pos_embed does not match"):
+    with pytest.raises(ValueError, match=r"pos_embed has shape \(1, 16, 32\), this config's \(1, 64, 32\)"):
         convert_released_dit(released, dit_preset("S/2", num_classes=10, resolution=16, depth=2, dim=32, num_heads=4))
 
 

@@ -112,7 +112,15 @@ def default_run_dir(config: str) -> Path:
 
 def _sample(args: argparse.Namespace) -> int:
     from diffbook.experiments import run_config
-    from diffbook.experiments.sampling import SampleRequest, labels_by_seed, parse_int_ranges, sample_to_dir
+    from diffbook.experiments.sampling import (
+        SampleRequest,
+        Shard,
+        labels_by_seed,
+        merge_shards,
+        parse_int_ranges,
+        sample_to_dir,
+    )
+    from diffbook.runtime import barrier, cleanup, init_distributed
 
     experiment = run_config(args.ckpt, args.config, args.overrides)
     if args.dry_run:
@@ -124,9 +132,19 @@ def _sample(args: argparse.Namespace) -> int:
         labels = labels_by_seed(seeds, experiment.num_classes)
     elif args.class_labels:
         labels = parse_int_ranges(args.class_labels, "class labels")
-    request = SampleRequest(seeds, args.batch, labels, args.device or _default_device(), args.vae, args.prompt)
-    npz = sample_to_dir(args.ckpt, experiment, args.out, request)
-    print(f"Wrote samples to {args.out}/ ({npz.name})")
+    context = init_distributed(args.device)
+    try:
+        if len(seeds) < context.world_size:
+            raise ValueError(f"{len(seeds)} seeds for {context.world_size} processes: give each one a seed at least")
+        request = SampleRequest(seeds, args.batch, labels, str(context.device), args.vae, args.prompt)
+        npz = sample_to_dir(args.ckpt, experiment, args.out, request, Shard(context.rank, context.world_size))
+        barrier()
+        if context.world_size > 1 and context.is_main:
+            npz = merge_shards(args.out, seeds, context.world_size)
+    finally:
+        cleanup()
+    if context.is_main:
+        print(f"Wrote samples to {args.out}/ ({npz.name})")
     return 0
 
 
@@ -139,7 +157,23 @@ def _default_device() -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from diffbook.data.pixels import read_image_folder
+    from diffbook.metrics.protocols import protocol_metrics, read_samples
+
+    if args.protocol != "clean":
+        if args.ref_stats:
+            raise ValueError(f"--ref-stats is clean-fid's; --protocol {args.protocol} reads its reference from --ref")
+        samples = read_samples(args.samples)
+        net = _feature_net("tf-inception", None, args.inception_weights)
+        results = protocol_metrics(args.protocol, samples, args.ref, net, args.ref_root, args.batch)
+        report = {
+            "metrics": results,
+            "samples": str(args.samples),
+            "num_samples": len(samples),
+            "reference": args.ref,
+            "protocol": args.protocol,
+            "features": "tf-inception",
+        }
+        return _save_report(args, report, args.protocol)
     from diffbook.metrics.features import (
         METRICS,
         extract_features,
@@ -151,7 +185,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
         raise ValueError(f"unknown metrics {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
-    samples = read_image_folder(args.samples)
+    samples = read_samples(args.samples)
     net = _feature_net(args.features, args.ref_stats)
     sample_features, sample_logits = extract_features(net, samples, args.batch, progress="features of the samples")
     reference_features, reference_statistics = None, None
@@ -174,17 +208,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         "num_reference": None if reference_features is None else len(reference_features),
         "features": args.features,
     }
-    out = Path(args.out or Path(args.samples) / f"metrics-{args.features}.json")
+    return _save_report(args, report, args.features)
+
+
+def _save_report(args: argparse.Namespace, report: dict, name: str) -> int:
+    """``report`` as JSON at --out (default: beside the samples, ``metrics-NAME.json``); its metrics printed."""
+    samples = Path(args.samples)
+    out = Path(args.out or (samples if samples.is_dir() else samples.parent) / f"metrics-{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    print(json.dumps(report["metrics"], indent=2))
     print(f"Saved {out}")
     return 0
 
 
-def _feature_net(features: str, mode: str | None):
+def _feature_net(features: str, mode: str | None, weights: str | None = None):
     from diffbook.metrics.features import InceptionFeatures, load_digits_feature_net
 
+    if features == "tf-inception":
+        from diffbook.metrics.tf_inception import load_tf_inception
+
+        return load_tf_inception(weights).to(_default_device())
     if features == "digits":
         if mode:
             raise ValueError("--ref-stats holds Inception statistics; use it with --features inception")
@@ -255,24 +299,12 @@ def _precompute_latents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_dit(args: argparse.Namespace) -> int:
-    from diffbook.diffusion import Denoiser
-    from diffbook.experiments import Experiment
-    from diffbook.nets.convert_dit import load_released_dit
-    from diffbook.nets.releases import RELEASES
-    from diffbook.train import save_checkpoint
+def _import_release(args: argparse.Namespace) -> int:
+    from diffbook.experiments.imports import import_release
 
-    experiment = Experiment.load(args.config, args.overrides)
-    if experiment.network.kind != "dit":
-        raise ValueError(f"{args.config} has network.kind {experiment.network.kind!r}; import-dit needs a dit config")
-    model = Denoiser(load_released_dit(args.weights, experiment.network.config()), experiment.build_process())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    release = RELEASES["dit"]
-    state = {"step": 0, "model": model.state_dict(), "ema": None, "config": experiment.config}
-    save_checkpoint(state | {"licence": f"{release.licence} ({release.source})"}, out)
-    print(f"python -m diffbook import-dit: note: {release.notice()}", file=sys.stderr)
-    print(f"Wrote {args.weights} as a checkpoint for network.init_from: {out}")
+    out, release = import_release(args.release, args.weights, args.out, args.config, args.overrides)
+    print(f"python -m diffbook import: note: {release.notice()}", file=sys.stderr)
+    print(f"Wrote {args.weights} as a checkpoint to sample (sample --ckpt) or fine-tune (network.init_from): {out}")
     return 0
 
 
@@ -287,10 +319,17 @@ def _export_diffusers(args: argparse.Namespace) -> int:
 
 
 def _fetch_inception(args: argparse.Namespace) -> int:
+    from diffbook.runtime.files import fetch_to_cache, sha256_of
+
+    if args.pytorch_fid:
+        from diffbook.metrics.tf_inception import fetch_tf_inception_weights
+
+        path = fetch_tf_inception_weights(args.source)
+        print(f"Wrote {path} (SHA-256 {sha256_of(path)}); evaluate --protocol adm|edm checks it before every use")
+        return 0
     from cleanfid.downloads_helper import inception_url
 
     from diffbook.metrics.features import INCEPTION_FILE
-    from diffbook.runtime.files import fetch_to_cache, sha256_of
 
     path = fetch_to_cache(args.source or inception_url, INCEPTION_FILE)
     print(f"Wrote {path} (SHA-256 {sha256_of(path)}); evaluate --features inception checks it before every use")

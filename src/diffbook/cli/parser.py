@@ -11,7 +11,7 @@ from diffbook.cli.commands import (
     _exercises,
     _export_diffusers,
     _fetch_inception,
-    _import_dit,
+    _import_release,
     _notebooks,
     _pdf,
     _precompute_latents,
@@ -21,6 +21,7 @@ from diffbook.cli.commands import (
     _train,
     _train_feature_net,
 )
+from diffbook.experiments.imports import IMPORTERS
 from diffbook.profiles import PROFILES
 
 
@@ -74,9 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_benchmark(commands)
     _add_precompute_latents(commands)
-    _add_import_dit(commands)
+    _add_import(commands)
     fetch = commands.add_parser("fetch-inception", help="clean-fid's Inception weights into the cache, with SHA-256")
-    fetch.add_argument("--from", dest="source", default=None, help="a downloaded copy (default: clean-fid's URL)")
+    fetch.add_argument("--from", dest="source", default=None, help="a downloaded copy (default: the weights' URL)")
+    fetch.add_argument(
+        "--pytorch-fid",
+        action="store_true",
+        help="instead, pytorch-fid's TF-Inception weights, which evaluate --protocol adm and edm read",
+    )
     fetch.set_defaults(run=_fetch_inception)
     stamp = commands.add_parser("stamp", help="write the version and home URL into the notebooks and CITATION.cff")
     stamp.add_argument("--root", default=".", help="the repository (default: here)")
@@ -85,13 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     pdf.add_argument("html", nargs="?", default="_build/singlehtml/diffbook.html", help="the built page to print")
     pdf.add_argument("--out", default="_build/pdf/diffbook.pdf", help="the PDF file")
     pdf.set_defaults(run=_pdf)
-    export = commands.add_parser("export-diffusers", help="a Stable Diffusion run's U-Net and scheduler for diffusers")
-    export.add_argument(
-        "--ckpt", required=True, help="the run's checkpoint, e.g. runs/sd21-self_perceptual/checkpoint.pt"
-    )
-    export.add_argument("--out", required=True, help="folder for unet/ (EMA weights when kept) and scheduler/")
-    export.add_argument("--config", default=None, help="the run's config (default: config.yaml beside --ckpt)")
-    export.set_defaults(run=_export_diffusers)
+    _add_export_diffusers(commands)
     return parser
 
 
@@ -114,8 +114,10 @@ def _add_sample(commands) -> None:
     sample = commands.add_parser("sample", help="sample one image per seed from a checkpoint")
     sample.add_argument("--ckpt", required=True, help="a Trainer checkpoint, e.g. runs/digits-edm/checkpoint.pt")
     sample.add_argument("--seeds", required=True, help="seeds, e.g. 0-49999 or 0,5,7")
-    sample.add_argument("--out", required=True, help="directory for {seed:06d}.png and samples.npz")
-    sample.add_argument("--batch", type=positive_int, default=256, help="images per batch (deterministic samplers)")
+    sample.add_argument(
+        "--out", required=True, help="directory for {seed:06d}.png and samples.npz; a seed with a PNG there is skipped"
+    )
+    sample.add_argument("--batch", type=positive_int, default=256, help="images per batch (image k is seed k's at any)")
     sample.add_argument("--config", default=None, help="the run's config (default: config.yaml beside --ckpt)")
     sample.add_argument(
         "--class-labels",
@@ -134,8 +136,28 @@ def _add_sample(commands) -> None:
 
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="FID, KID, IS and PRDC of samples against a reference")
-    evaluate.add_argument("--samples", required=True, help="a directory of sample PNGs (or samples*.npz)")
-    evaluate.add_argument("--ref", required=True, help="an image dataset of the registry, or a directory of PNGs")
+    evaluate.add_argument(
+        "--samples", required=True, help="a directory of sample PNGs (or samples*.npz), or a samples .npz file"
+    )
+    evaluate.add_argument(
+        "--ref",
+        required=True,
+        help="an image dataset of the registry, or a directory of PNGs; --protocol adm: a reference batch .npz; "
+        "--protocol edm: a dataset (e.g. cifar10) or an .npz of mu and sigma",
+    )
+    evaluate.add_argument(
+        "--protocol",
+        choices=("clean", "adm", "edm"),
+        default="clean",
+        help="clean: --metrics on --features; adm: ADM's evaluator (FID, sFID, IS, precision, recall); "
+        "edm: EDM's FID. adm and edm use TF-Inception",
+    )
+    evaluate.add_argument(
+        "--inception-weights",
+        default=None,
+        metavar="FILE",
+        help="--protocol adm, edm: pytorch-fid's TF-Inception weights (default: fetch-inception --pytorch-fid's)",
+    )
     evaluate.add_argument("--metrics", default="fid,kid,is,prdc", help="comma-separated: fid, kid, is, prdc")
     evaluate.add_argument("--features", choices=("digits", "inception"), default="digits", help="feature network")
     evaluate.add_argument("--out", default=None, help="JSON report (default SAMPLES/metrics-FEATURES.json)")
@@ -207,13 +229,24 @@ def _add_precompute_latents(commands) -> None:
     latents.set_defaults(run=_precompute_latents)
 
 
-def _add_import_dit(commands) -> None:
-    dit = commands.add_parser("import-dit", help="the released DiT weights as a checkpoint to fine-tune from")
-    dit.add_argument("weights", help="the release's file, e.g. DiT-XL-2-256x256.pt (facebookresearch/DiT)")
-    dit.add_argument("--out", required=True, help="the checkpoint, e.g. runs/imagenet256-dit-xl2/checkpoint.pt")
-    dit.add_argument("--config", default="imagenet256/sadm", help="a dit config whose network the weights fill")
-    dit.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. network.preset=XL/4")
-    dit.set_defaults(run=_import_dit)
+def _add_import(commands) -> None:
+    release = commands.add_parser("import", help="released weights as a checkpoint to sample or fine-tune")
+    release.add_argument(
+        "release",
+        choices=sorted(IMPORTERS),
+        help="whose: bcm (Mosasaur5526/BCM-iCT-torch), dit (facebookresearch/DiT), diffit (NVlabs/DiffiT)",
+    )
+    release.add_argument("weights", help="the release's file, e.g. DiT-XL-2-256x256.pt or diffit_256.safetensors")
+    release.add_argument(
+        "--out", default=None, help="the checkpoint (default runs/<dataset>-<method>-release/checkpoint.pt)"
+    )
+    release.add_argument(
+        "--config",
+        default=None,
+        help="the config whose network the weights fill (default: imagenet256/dit, imagenet256/diffit, imagenet64/bcm)",
+    )
+    release.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    release.set_defaults(run=_import_release)
 
 
 def _add_export_diffusers(commands) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,10 +24,26 @@ def uint8_to_unit(images: Tensor) -> Tensor:
     return (images.float() - 127.5) / 127.5
 
 
+def png_path(out_dir: Path, seed: int) -> Path:
+    return out_dir / f"{seed:06d}.png"
+
+
 def write_pngs(out_dir: Path, seeds: Sequence[int], images: np.ndarray) -> None:
-    """``images: (B, H, W, C)`` uint8 -> ``out_dir/{seed:06d}.png``."""
+    """``images: (B, H, W, C)`` uint8 -> ``out_dir/{seed:06d}.png``.
+
+    Each file is written under another name and then renamed, so a process stopped mid-write leaves no
+    truncated PNG that a resumed run would take for a finished image."""
     for seed, image in zip(seeds, images, strict=True):
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out_dir / f"{seed:06d}.png")
+        path = png_path(out_dir, seed)
+        partial = path.with_suffix(".png.partial")
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(partial, format="PNG")
+        os.replace(partial, path)
+
+
+def read_png(out_dir: Path, seed: int) -> np.ndarray:
+    """``out_dir/{seed:06d}.png`` as ``(H, W, C)`` uint8, as :func:`write_pngs` was given it."""
+    image = np.asarray(Image.open(png_path(out_dir, seed)))
+    return image[..., None] if image.ndim == 2 else image
 
 
 def read_image_folder(folder: str | Path) -> Tensor:

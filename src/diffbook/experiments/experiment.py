@@ -36,12 +36,12 @@ from diffbook.data.captions import CAPTION_DATA, CaptionData
 from diffbook.data.sources import DATA, LATENT_DATA, ImageData, LatentData, ToyData
 from diffbook.diffusion import BCMProcess, BidirectionalConsistency, Denoiser
 from diffbook.diffusion.registry import PROCESSES
-from diffbook.nets import load_single_time_weights
+from diffbook.nets import holds_two_times, load_single_time_weights
 from diffbook.nets.registry import NetworkOptions
 from diffbook.objectives import ObjectiveContext, build_objective, parse_objective
+from diffbook.runtime.files import load_weights
 from diffbook.samplers import Sampler
 from diffbook.train import TrainConfig, load_checkpoint
-from diffbook.train.checkpoint import load_weights
 
 SECTIONS = ("source", "data", "network", "process", "objective", "train", "sample")
 Model = Denoiser | BidirectionalConsistency
@@ -150,8 +150,9 @@ class Experiment:
         self._require_init_from()
         state = load_checkpoint(path)
         weights = state["ema"] if state.get("ema") is not None else state["model"]
-        if getattr(model.net, "two_times", False) and "net.embed.merge.weight" not in weights:
-            load_single_time_weights(model.net, {k.removeprefix("net."): v for k, v in weights.items()})
+        net_weights = {k.removeprefix("net."): v for k, v in weights.items()}
+        if getattr(model.net, "two_times", False) and not holds_two_times(model.net, net_weights):
+            load_single_time_weights(model.net, net_weights)
             return model
         load_weights(model, weights, path)
         return model
@@ -160,11 +161,14 @@ class Experiment:
         path = self.network.init_from
         if path is None or Path(path).is_file():
             return
-        # A DiT starts from the released weights, which import-dit turns into the checkpoint named here.
+        # A DiT starts from the released weights, which `import dit` turns into the checkpoint named here.
         if self.network.kind == "dit":
             size = 8 * self.network.config().resolution  # the VAE's latents are 8x smaller than the images
             release = f"DiT-XL-2-{size}x{size}.pt"
-            fix = f"import the released weights: python -m diffbook import-dit {release} --config CONFIG --out {path}"
+            fix = (
+                f"import the released weights: python -m diffbook import dit {release} "
+                f"--config imagenet{size}/dit --out {path}"
+            )
         else:
             fix = "train the run it names first"
         raise FileNotFoundError(f"network.init_from {str(path)!r} not found: {fix}")
@@ -179,8 +183,8 @@ class Experiment:
 
     @property
     def licence(self) -> str | None:
-        """The licence the trained weights inherit: that of ``network.init_from``'s weights (a release imported by
-        ``import-dit``, say); None when training starts from scratch or from weights of no stated licence."""
+        """The licence the trained weights inherit: that of ``network.init_from``'s weights (a release brought in
+        by ``python -m diffbook import``, say); None when training starts from scratch or the weights state none."""
         path = self.network.init_from
         if path is None or not Path(path).is_file():
             return None

@@ -1,16 +1,21 @@
 """Sampling a checkpoint to files, reproducible image by image: what ``python -m diffbook sample`` runs.
 
 Image ``k`` comes from seed ``k`` alone (:mod:`diffbook.samplers.seeded`), whatever the batch size or the number
-of processes. Under ``torchrun`` (``RANK``, ``WORLD_SIZE``) rank ``r`` takes ``seeds[r::world]`` and writes its
-images as ``{seed:06d}.png`` into the shared directory, and its arrays to ``samples.npz`` (one process) or
-``samples-rank{r}-of-{world}.npz``; the PNGs are the complete set, and
-:func:`~diffbook.data.pixels.read_image_folder` reads either.
+of processes. Under ``torchrun`` (``RANK``, ``WORLD_SIZE``) rank ``r`` takes ``seeds[r::world]``, writes its images
+as ``{seed:06d}.png`` into the shared directory and its arrays to ``samples-rank{r}-of-{world}.npz``, which
+:func:`merge_shards` then joins into the one ``samples.npz`` that ADM's evaluator reads. A seed whose PNG is
+already there is not sampled again, so a stopped 50k-image run, started again with the same command, resumes
+where it stopped (and gives the same images as one that never stopped); ``sampling.json`` records what else
+decides the images, and a run with other settings refuses that directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from diffbook.data.captions import CAPTION_DATA
-from diffbook.data.pixels import to_uint8, write_pngs
+from diffbook.data.pixels import png_path, read_png, to_uint8, write_pngs
 from diffbook.experiments.experiment import Experiment
 from diffbook.runtime.progress import progress_bar
 from diffbook.samplers import generate
@@ -42,6 +47,9 @@ def parse_int_ranges(text: str, what: str = "seeds") -> list[int]:
     return values
 
 
+SAMPLES_NPZ = "samples.npz"
+
+
 @dataclass(frozen=True)
 class Shard:
     """This process's place among ``world`` sampling processes, from torchrun's environment."""
@@ -58,7 +66,7 @@ class Shard:
 
     @property
     def npz_name(self) -> str:
-        return "samples.npz" if self.world == 1 else f"samples-rank{self.rank}-of-{self.world}.npz"
+        return SAMPLES_NPZ if self.world == 1 else f"samples-rank{self.rank}-of-{self.world}.npz"
 
 
 def preview_fn(experiment: Experiment, count: int = 64) -> Callable[[nn.Module, int], Tensor | None] | None:
@@ -101,8 +109,9 @@ def sample_to_dir(
     """Sample this shard's seeds from a checkpoint of ``experiment`` into ``out_dir``; returns the ``.npz`` path.
 
     Images go to ``{seed:06d}.png`` and to the npz in the layout of ADM's evaluator: ``arr_0: (N, H, W, C)``
-    uint8, ``arr_1: (N,)`` their class labels (class-conditional models), and ``seeds: (N,)``. 2-D toy points go
-    to the npz only, as ``samples: (N, 2)`` float32. A bar counts the images (on rank 0).
+    uint8, ``arr_1: (N,)`` their class labels (class-conditional models), and ``seeds: (N,)``. Seeds whose PNG
+    ``out_dir`` holds are read back, not sampled. 2-D toy points go to the npz only, as ``samples: (N, 2)``
+    float32, and are always sampled. A bar counts the images still to sample (on rank 0).
     """
     shard = shard or Shard.from_env()
     if request.class_labels is not None and not experiment.num_classes:
@@ -117,24 +126,77 @@ def sample_to_dir(
     decoder = _latent_decoder(experiment, request.vae, request.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape, my_seeds, chunks = experiment.sample_shape, shard.take(request.seeds), []
-    batches = generate(model, experiment.sampler, my_seeds, shape, request.batch_size, conditions, request.device, null)
-    bar = progress_bar(desc="sample", enabled=progress and shard.rank == 0, total=len(my_seeds), unit="image")
+    check_same_settings(out_dir, sampling_settings(experiment, request), write=shard.rank == 0)
+    shape, my_seeds = experiment.sample_shape, shard.take(request.seeds)
+    is_image = len(shape) == 3
+    done = {seed for seed in my_seeds if png_path(out_dir, seed).is_file()} if is_image else set()
+    todo = [seed for seed in my_seeds if seed not in done]
+    if done and progress and shard.rank == 0:
+        message = f"resuming: {len(done)} of this process's {len(my_seeds)} images are already in {out_dir}"
+        print(message, file=sys.stderr)
+    batches = generate(model, experiment.sampler, todo, shape, request.batch_size, conditions, request.device, null)
+    bar = progress_bar(desc="sample", enabled=progress and shard.rank == 0, total=len(todo), unit="image")
+    sampled: dict[int, np.ndarray] = {}
     for batch, samples in batches:
         bar.update(len(batch))
-        if len(shape) == 3:
+        if is_image:
             images = to_uint8(samples if decoder is None else decoder(samples))
             write_pngs(out_dir, batch, images)
-            chunks.append(images)
         else:
-            chunks.append(samples.float().cpu().numpy())
+            images = samples.float().cpu().numpy()
+        sampled.update(zip(batch, images, strict=True))
     bar.close()
+    arrays = np.stack([sampled[seed] if seed in sampled else read_png(out_dir, seed) for seed in my_seeds])
     labels = (
         None
         if request.class_labels is None
         else [request.class_labels[s % len(request.class_labels)] for s in my_seeds]
     )
-    return _write_npz(out_dir / shard.npz_name, np.concatenate(chunks), my_seeds, labels)
+    return _write_npz(out_dir / shard.npz_name, arrays, my_seeds, labels)
+
+
+SETTINGS_FILE = "sampling.json"
+
+
+def sampling_settings(experiment: Experiment, request: SampleRequest) -> dict:
+    """What decides image ``k`` besides its seed: the run's resolved config, the labels or prompts, the VAE."""
+    labels = None if request.class_labels is None else list(request.class_labels)
+    digest = hashlib.sha256(json.dumps(labels).encode()).hexdigest()
+    return {"config": experiment.config, "class_labels_sha256": digest, "prompts": request.prompts, "vae": request.vae}
+
+
+def check_same_settings(out_dir: Path, settings: dict, write: bool) -> None:
+    """Refuse to resume into ``out_dir`` if its images were made with other ``settings``, so that one folder
+    never mixes two models or two label draws; ``write``: record ``settings`` there."""
+    path = out_dir / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))  # as the file would hold it: tuples become lists
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise ValueError(
+            f"{out_dir} holds samples made with other settings (config, labels, prompts or VAE; see {path}): "
+            "give another --out, or empty it"
+        )
+    if write:
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(partial, path)
+
+
+def merge_shards(out_dir: str | Path, seeds: Sequence[int], world: int) -> Path:
+    """Join the ``world`` ranks' ``samples-rank*-of-{world}.npz`` in ``out_dir`` into ``samples.npz``, rows in
+    the order of ``seeds``, and remove them; run by one process once every rank has written its file."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / Shard(rank, world).npz_name for rank in range(world)]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot merge the samples: {', '.join(missing)} not in {out_dir}")
+    shards = [dict(np.load(path)) for path in paths]
+    merged = {key: np.concatenate([shard[key] for shard in shards]) for key in shards[0]}
+    position = {seed: i for i, seed in enumerate(seeds)}
+    order = np.argsort([position[int(seed)] for seed in merged["seeds"]], kind="stable")
+    np.savez(out_dir / SAMPLES_NPZ, **{key: value[order] for key, value in merged.items()})  # type: ignore[arg-type]
+    for path in paths:
+        path.unlink()
+    return out_dir / SAMPLES_NPZ
 
 
 def _write_npz(path: Path, samples: np.ndarray, seeds: Sequence[int], labels: Sequence[int] | None) -> Path:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 
-def _distance_blocks(x: Tensor, y: Tensor, max_block_elements: int) -> Iterator[tuple[slice, Tensor]]:
+def distance_blocks(x: Tensor, y: Tensor, max_block_elements: int) -> Iterator[tuple[slice, Tensor]]:
     """Row slices of ``x: (N, D)`` and their distances to ``y: (M, D)``, at most ``max_block_elements`` at once.
 
     cdist's fast matrix-product formula loses digits to cancellation; in float64 the loss stays far below the gaps
@@ -32,8 +32,22 @@ def _kth_neighbour_radii(x: Tensor, k: int, max_block_elements: int) -> Tensor:
     """Distance from each point of ``x: (N, D)`` to its k-th nearest neighbour in ``x``, not counting itself: (N,)."""
     # Every point is its own nearest neighbour, at distance 0, hence the k + 1 smallest.
     return torch.cat(
-        [d.topk(k + 1, dim=1, largest=False).values[:, -1] for _, d in _distance_blocks(x, x, max_block_elements)]
+        [d.topk(k + 1, dim=1, largest=False).values[:, -1] for _, d in distance_blocks(x, x, max_block_elements)]
     )
+
+
+def neighbour_balls(
+    real: Tensor | np.ndarray, fake: Tensor | np.ndarray, k: int, max_block_elements: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``real: (N, D)`` and ``fake: (M, D)`` as float64, checked, and the radii of their k-NN balls, (N,) and (M,)."""
+    real = torch.as_tensor(real, dtype=torch.float64)
+    fake = torch.as_tensor(fake, dtype=torch.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"expected (N, D) and (M, D) features, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if not 1 <= k < min(len(real), len(fake)):
+        raise ValueError(f"k = {k} needs more than k points in each set, got {len(real)} and {len(fake)}")
+    radii = [_kth_neighbour_radii(points, k, max_block_elements) for points in (real, fake)]
+    return real, fake, radii[0], radii[1]
 
 
 def prdc(
@@ -44,17 +58,10 @@ def prdc(
     Distances are computed in float64, ``max_block_elements`` at a time (64 MB by default), so memory grows
     linearly in N and M. Returns a dict with keys ``precision``, ``recall``, ``density``, ``coverage``.
     """
-    real = torch.as_tensor(real, dtype=torch.float64)
-    fake = torch.as_tensor(fake, dtype=torch.float64)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"expected (N, D) and (M, D) features, got {tuple(real.shape)} and {tuple(fake.shape)}")
-    if not 1 <= k < min(len(real), len(fake)):
-        raise ValueError(f"k = {k} needs more than k points in each set, got {len(real)} and {len(fake)}")
-    real_radii = _kth_neighbour_radii(real, k, max_block_elements)
-    fake_radii = _kth_neighbour_radii(fake, k, max_block_elements)
+    real, fake, real_radii, fake_radii = neighbour_balls(real, fake, k, max_block_elements)
     real_balls_per_fake = torch.zeros(len(fake), dtype=torch.int64, device=fake.device)
     covered, recalled = [], []  # per real point: a fake in its ball; itself in a fake ball
-    for block, distances in _distance_blocks(real, fake, max_block_elements):
+    for block, distances in distance_blocks(real, fake, max_block_elements):
         in_real_ball = distances < real_radii[block, None]
         real_balls_per_fake += in_real_ball.sum(dim=0)
         covered.append(in_real_ball.any(dim=1))

@@ -3,6 +3,7 @@
 What the noise label means and what the output estimates are the preconditioner's business, not the network's.
 """
 
+from diffbook.nets.adm_unet import ADM_UNET_PRESETS, ADMUNet, ADMUNetConfig, adm_unet_preset
 from diffbook.nets.diffit import DIFFIT_UNET_PRESETS, DiffiTUNet, DiffiTUNetConfig, diffit_unet_preset
 from diffbook.nets.diffusers_unet import DiffusersUNet
 from diffbook.nets.dit import DIT_PRESETS, DiT, DiTConfig, dit_preset
@@ -12,6 +13,7 @@ from diffbook.nets.embeddings import (
     FourierEmbedding,
     SinusoidalEmbedding,
     TwoTimeEmbedding,
+    holds_two_times,
     load_single_time_weights,
 )
 from diffbook.nets.features import DiffusersUNetEncoder, TimeMLPEncoder, UNetEncoder, middle_block_encoder
@@ -21,6 +23,9 @@ from diffbook.nets.tmsa import TIME_MODES
 from diffbook.nets.unet import UNET_PRESETS, UNet, UNetConfig, unet_preset
 
 __all__ = [
+    "ADM_UNET_PRESETS",
+    "ADMUNet",
+    "ADMUNetConfig",
     "DIFFIT_UNET_PRESETS",
     "DIT_PRESETS",
     "LATENT_DIFFIT_PRESETS",
@@ -44,8 +49,10 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "UNetEncoder",
+    "adm_unet_preset",
     "diffit_unet_preset",
     "dit_preset",
+    "holds_two_times",
     "latent_diffit_preset",
     "load_single_time_weights",
     "middle_block_encoder",

@@ -13,16 +13,17 @@ downloaded. The mapping is one of names, plus two layout facts:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffbook.nets.dit import DiTConfig
 from diffbook.nets.latent_diffit import LatentDiffiT, LatentDiffiTConfig
 from diffbook.nets.tmsa import relative_position_index
 from diffbook.nets.transformer import sincos_pos_embed_2d
-from diffbook.runtime.files import load_torch_file
+from diffbook.runtime.files import load_weights, load_weights_file
 
 # Released name (a regular expression on the whole key) -> the package's name: the names that DiffiT's release
 # shares with DiT's (whose code it extends), then its own.
@@ -80,8 +81,13 @@ def swap_time_sinusoid(weights: dict[str, Tensor], key: str = "embed.mlp.0.weigh
 def check_pos_embed(saved: Tensor, config: DiTConfig) -> None:
     """ValueError unless the release's fixed position embedding ``(1, N, dim)`` is the one ``config`` implies."""
     expected = sincos_pos_embed_2d(config.dim, config.grid)[None]
-    if saved.shape != expected.shape or not torch.allclose(saved.float(), expected, atol=1e-5):
-        raise ValueError(f"the checkpoint's pos_embed does not match this config's (grid {config.grid}, {config})")
+    if saved.shape != expected.shape:
+        raise ValueError(
+            f"the checkpoint's pos_embed has shape {tuple(saved.shape)}, this config's {tuple(expected.shape)}: the "
+            "weights are for another resolution or width (pass the config of theirs, e.g. --config imagenet512/...)"
+        )
+    if not torch.allclose(saved.float(), expected, atol=1e-5):
+        raise ValueError(f"the checkpoint's pos_embed is not the 2-D sin-cos embedding of a {config.grid}^2 grid")
 
 
 def _check_recomputed(key: str, value: Tensor, config: LatentDiffiTConfig) -> None:
@@ -91,17 +97,26 @@ def _check_recomputed(key: str, value: Tensor, config: LatentDiffiTConfig) -> No
         raise ValueError(f"the checkpoint's {key} does not match this config's (grid {config.grid}, {config})")
 
 
-def load_released_diffit(path: str | Path, config: LatentDiffiTConfig) -> LatentDiffiT:
-    """``LatentDiffiT(config)`` with the released weights of ``path`` (e.g. the ImageNet-256 checkpoint with the
-    ``imagenet256`` preset); every parameter must be matched (strict loading)."""
+def load_release(
+    path: str | Path, net: nn.Module, convert: Callable[[dict[str, Tensor]], dict[str, Tensor]], name: str, fix: str
+) -> nn.Module:
+    """``net`` with the weights of the release file ``path`` (``.pt`` or ``.safetensors``) as ``convert`` maps
+    them; every parameter must be matched. ``name`` names the release in errors, and ``fix`` says where to get it."""
     path = Path(path)
-    download = (
-        "download the released weights from the Hugging Face repository nvidia/DiffiT "
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} checkpoint {str(path)!r} not found: {fix}")
+    released = load_weights_file(path, f"a released {name} checkpoint", fix)
+    load_weights(net, convert(released), path, fix=f"it is not the {name} release this config's network holds")
+    return net
+
+
+def load_released_diffit(path: str | Path, config: LatentDiffiTConfig) -> LatentDiffiT:
+    """``LatentDiffiT(config)`` with the released weights of ``path`` (``diffit_256.safetensors`` with the
+    ``imagenet256`` preset, ``diffit_512.safetensors`` with ``imagenet512``); every parameter must be matched."""
+    fix = (
+        "download diffit_256.safetensors or diffit_512.safetensors from https://huggingface.co/nvidia/DiffiT "
         "(linked from github.com/NVlabs/DiffiT) and pass the file's path"
     )
-    if not path.is_file():
-        raise FileNotFoundError(f"DiffiT checkpoint {str(path)!r} not found: {download}")
-    released = load_torch_file(path, "a released DiffiT checkpoint", download)
     net = LatentDiffiT(config)
-    net.load_state_dict(convert_released_state_dict(released, config))
+    load_release(path, net, lambda released: convert_released_state_dict(released, config), "DiffiT", fix)
     return net

@@ -13,9 +13,14 @@ from pathlib import Path
 
 from torch import Tensor
 
-from diffbook.nets.convert_diffit import DIT_RELEASE_RENAMES, check_pos_embed, rename_keys, swap_time_sinusoid
+from diffbook.nets.convert_diffit import (
+    DIT_RELEASE_RENAMES,
+    check_pos_embed,
+    load_release,
+    rename_keys,
+    swap_time_sinusoid,
+)
 from diffbook.nets.dit import DiT, DiTConfig
-from diffbook.runtime.files import load_torch_file
 
 _RENAMES: tuple[tuple[str, str], ...] = (
     *DIT_RELEASE_RENAMES,
@@ -38,15 +43,11 @@ def convert_released_dit(released: dict[str, Tensor], config: DiTConfig) -> dict
 
 def load_released_dit(path: str | Path, config: DiTConfig) -> DiT:
     """``DiT(config)`` with the released weights of ``path`` (``DiT-XL-2-256x256.pt`` with the ``XL/2`` preset);
-    every parameter must be matched (strict loading)."""
-    path = Path(path)
-    download = (
-        "download it on a machine with internet from https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt "
-        "(linked from github.com/facebookresearch/DiT) and pass the file's path"
+    every parameter must be matched."""
+    fix = (
+        "download it on a machine with internet from https://dl.fbaipublicfiles.com/DiT/models/ "
+        "(DiT-XL-2-256x256.pt or DiT-XL-2-512x512.pt; linked from github.com/facebookresearch/DiT) and pass its path"
     )
-    if not path.is_file():
-        raise FileNotFoundError(f"DiT checkpoint {str(path)!r} not found: {download}")
     net = DiT(config)
-    released = load_torch_file(path, "a released DiT checkpoint", download)
-    net.load_state_dict(convert_released_dit(released, config))
+    load_release(path, net, lambda released: convert_released_dit(released, config), "DiT", fix)
     return net

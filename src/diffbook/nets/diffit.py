@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.nets.embeddings import ConditionEmbedding, check_embedding
-from diffbook.nets.presets import replace_preset
+from diffbook.nets.presets import check_image_input, replace_preset
 from diffbook.nets.tmsa import DiffiTBlock, check_time_mode, init_tmsa_parts
 from diffbook.nets.transformer import Mlp
 from diffbook.nets.unet import ConvResample, channels_last, conv3x3, group_norm
@@ -216,9 +216,7 @@ class DiffiTUNet(nn.Module):
 
         Returns (B, out_channels, R, R).
         """
-        C, R = self.config.in_channels, self.config.resolution
-        if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
-            raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
+        check_image_input(x, self.config)
         x_t = self.embed(noise_labels, class_labels)  # the time token, shared by every block
         x = self.tokenizer(channels_last(x))
         skips = []

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from diffbook.nets.presets import replace_preset
+from diffbook.nets.presets import check_image_input, replace_preset
 from diffbook.nets.transformer import (
     DIGITS16_PIXELS,
     Mlp,
@@ -170,9 +170,7 @@ class DiT(TokenStem):
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x: (B, C, R, R), noise_labels: (B,) float, class_labels: (B,) int64 or None -> (B, out_channels, R, R)."""
-        C, R = self.config.in_channels, self.config.resolution
-        if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
-            raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
+        check_image_input(x, self.config)
         c = self.embed(noise_labels, class_labels)
         tokens = self.patch(x) + self.pos_embed.to(x.dtype)
         for block in self.blocks:

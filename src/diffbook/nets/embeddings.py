@@ -3,12 +3,14 @@
 A raw noise label is a single number per example, far too weak a signal to add to hundreds of channels.
 Every network here first spreads it over sines and cosines of it at many frequencies, then a small MLP maps
 those features to the width its blocks are conditioned on. Class labels, when present, are looked up in a
-table and added to the features before that MLP.
+table and added to the features before that MLP; BCM's two-time embedding adds them after it, as the authors'
+ADM network does (see :class:`TwoTimeEmbedding`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -117,33 +119,52 @@ class ConditionEmbedding(nn.Module):
         return emb
 
 
-class TwoTimeEmbedding(ConditionEmbedding):
+class TwoTimeEmbedding(nn.Module):
     """Two noise labels, the start ``t`` and the end ``u`` of a jump (BCM), and an optional class -> one vector.
 
-    ``emb = SiLU(W [MLP_t(features(t) + class); MLP_u(features(u))])`` with ``W`` a bias-free ``2 out -> out``
-    map (Li & He 2024, the authors' ``time_embed_align``). The t-branch is the single-time embedding itself,
-    under the same names (``noise``, ``label``, ``mlp``), so a single-time network's weights load into it; after
-    :meth:`init_from_single_time` (``MLP_u`` a copy of ``MLP_t``, ``W = [I | 0]``) the network ignores ``u`` and
-    computes exactly what the single-time network did.
+    ``emb = SiLU(W [MLP_t(features(t)); MLP_u(features(u))] + class)`` with ``W`` a bias-free ``2 out -> out``
+    map, the authors' ``time_embed_align`` (Li & He 2024). The class row is ``out`` wide and added after the
+    merge, where their network adds it, not to the features before the MLP as :class:`ConditionEmbedding` does.
+    With ``num_classes > 0`` the table has ``num_classes + 1`` rows, the last the null class, as there.
+
+    The t-branch has the single-time embedding's names (``noise``, ``mlp``), so an unconditional single-time
+    network's weights load into it; after :meth:`init_from_single_time` (``MLP_u`` a copy of ``MLP_t``,
+    ``W = [I | 0]``) the embedding ignores ``u`` and is ``SiLU(MLP_t(features(t)) + class)``: the single-time
+    embedding exactly when there is no class, and ADM's, which adds its class to the MLP's output, when there
+    is one. A class-conditional :class:`ConditionEmbedding` puts its class inside the MLP, so its weights cannot
+    start a class-conditional two-time network exactly (:func:`load_single_time_weights` refuses them).
     """
 
     def __init__(self, dim: int, out_dim: int, num_classes: int = 0, embedding: str = "sinusoidal") -> None:
-        super().__init__(dim, out_dim, num_classes, embedding)
+        super().__init__()
+        check_embedding(embedding)
+        self.num_classes = num_classes
+        self.noise = NOISE_EMBEDDINGS[embedding](dim)
+        self.mlp = EmbeddingMLP(dim, out_dim)
         self.mlp_u = EmbeddingMLP(dim, out_dim)
         self.merge = nn.Linear(2 * out_dim, out_dim, bias=False)
+        self.label = nn.Embedding(num_classes + 1, out_dim) if num_classes > 0 else None
 
     def forward(self, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """noise_labels: (B, 2) float, the labels of ``t`` and ``u``; class_labels: (B,) or None -> (B, out_dim)."""
         if noise_labels.ndim != 2 or noise_labels.shape[1] != 2:
             raise ValueError(f"a two-time network takes noise labels of shape (B, 2), got {tuple(noise_labels.shape)}")
         t_labels, u_labels = noise_labels.unbind(1)
-        emb_t = self.mlp(self.features(t_labels, class_labels))
+        emb_t = self.mlp(self.noise(t_labels))
         emb_u = self.mlp_u(self.noise(u_labels))
-        return F.silu(self.merge(torch.cat([emb_t, emb_u], dim=1)))
+        emb = self.merge(torch.cat([emb_t, emb_u], dim=1))
+        if self.label is not None:
+            if class_labels is None:
+                class_labels = torch.full_like(t_labels, self.num_classes, dtype=torch.long)
+            emb = emb + self.label(class_labels)
+        elif class_labels is not None:
+            raise ValueError("class_labels given to a network built with num_classes=0")
+        return F.silu(emb)
 
     @torch.no_grad()
     def init_from_single_time(self) -> None:
-        """``MLP_u <- MLP_t`` and ``W <- [I | 0]``: the embedding then equals the single-time one, whatever ``u``."""
+        """``MLP_u <- MLP_t`` and ``W <- [I | 0]``: the embedding is then ``SiLU(MLP_t(features(t)) + class)``,
+        whatever ``u``."""
         self.mlp_u.load_state_dict(self.mlp.state_dict())
         out_dim = self.merge.out_features
         self.merge.weight.zero_()
@@ -153,20 +174,46 @@ class TwoTimeEmbedding(ConditionEmbedding):
 def load_single_time_weights(net: nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Load a single-time network's ``state_dict`` into the same network built with ``two_times=True``.
 
-    ``net.embed`` must be a :class:`TwoTimeEmbedding`; every weight but its u-branch and merge must be in
-    ``state_dict``, which then start as :meth:`TwoTimeEmbedding.init_from_single_time` sets them. The route of
-    BCM fine-tuning: the two-time network starts as the consistency model it was initialised from.
+    Every weight but the two-time network's u-branch and merge must be in ``state_dict``; those then start as
+    :meth:`TwoTimeEmbedding.init_from_single_time` sets them, so the network computes what the single-time one
+    did. The route of BCM fine-tuning: the two-time network starts as the consistency model it was initialised
+    from. ``net.embed`` is a :class:`TwoTimeEmbedding`, unconditional (see there why), or ``net`` is a network
+    of a released layout (:class:`~diffbook.nets.adm_unet.ADMUNet`) that names its own ``u_branch`` and
+    ``init_from_single_time``.
     """
-    embed = getattr(net, "embed", None)
-    if not isinstance(embed, TwoTimeEmbedding):
-        raise ValueError("load_single_time_weights needs a network built with two_times=True")
-    new_keys = {key for key in net.state_dict() if key.startswith(("embed.mlp_u.", "embed.merge."))}
-    if new_keys <= state_dict.keys():
+    if holds_two_times(net, state_dict):
         raise ValueError("the state_dict already holds a two-time embedding: load it with net.load_state_dict")
+    u_branch, init_from_single_time = _u_branch(net)
+    new_keys = {key for key in net.state_dict() if key.startswith(u_branch)}
     missing, unexpected = net.load_state_dict(state_dict, strict=False)
     if unexpected or set(missing) != new_keys:
         raise ValueError(
             "the state_dict is not a single-time version of this network: "
             f"missing {sorted(set(missing) - new_keys)}, unexpected {sorted(unexpected)}"
         )
-    embed.init_from_single_time()
+    init_from_single_time()
+
+
+def holds_two_times(net: nn.Module, state_dict: dict[str, Tensor]) -> bool:
+    """Whether ``state_dict`` has every weight of two-time ``net``'s u-branch and merge (then it loads as it is)."""
+    embed = getattr(net, "embed", None)
+    prefixes = ("embed.mlp_u.", "embed.merge.") if isinstance(embed, TwoTimeEmbedding) else getattr(net, "u_branch", ())
+    new_keys = {key for key in net.state_dict() if key.startswith(tuple(prefixes))}
+    return bool(new_keys) and new_keys <= state_dict.keys()
+
+
+def _u_branch(net: nn.Module) -> tuple[tuple[str, ...], Callable[[], None]]:
+    """The key prefixes of ``net``'s u-branch and merge, and what starts them from the t-branch."""
+    embed = getattr(net, "embed", None)
+    if isinstance(embed, TwoTimeEmbedding):
+        if embed.label is not None:
+            raise ValueError(
+                "a class-conditional single-time network adds its class before its MLP, the two-time embedding "
+                "after the merge (Li & He's order), so its weights cannot start this network exactly; fine-tune "
+                "class-conditional consistency models with network.kind adm, which adds the class after, as ADM does"
+            )
+        return ("embed.mlp_u.", "embed.merge."), embed.init_from_single_time
+    u_branch, init = getattr(net, "u_branch", None), getattr(net, "init_from_single_time", None)
+    if not getattr(net, "two_times", False) or u_branch is None or init is None:
+        raise ValueError("load_single_time_weights needs a network built with two_times=True")
+    return tuple(u_branch), init

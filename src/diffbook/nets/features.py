@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from diffbook.nets.diffusers_unet import DiffusersUNet
 from diffbook.nets.mlp import TimeMLP, distinct_embeddings
+from diffbook.nets.presets import check_image_input
 from diffbook.nets.unet import UNet, channels_last
 
 
@@ -37,9 +38,7 @@ class UNetEncoder(nn.Module):
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x: (B, in_channels, R, R), noise_labels: (B,), class_labels: (B,) int64 or None."""
-        C, R = self.config.in_channels, self.config.resolution
-        if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
-            raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
+        check_image_input(x, self.config)
         emb = self.embed(noise_labels, class_labels)
         x = self.conv_in(channels_last(x))
         for block in self.enc.values():

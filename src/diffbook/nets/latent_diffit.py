@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.nets.dit import DiTConfig, TokenStem
-from diffbook.nets.presets import replace_preset
+from diffbook.nets.presets import check_image_input, replace_preset
 from diffbook.nets.tmsa import DiffiTBlock, check_time_mode, init_tmsa_parts
 from diffbook.nets.transformer import (
     DIGITS16_PIXELS,
@@ -120,9 +120,8 @@ class LatentDiffiT(TokenStem):
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x: (B, C, R, R), noise_labels: (B,) float, class_labels: (B,) int64 or None -> (B, out_channels, R, R)."""
-        C, R, g = self.config.in_channels, self.config.resolution, self.config.grid
-        if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
-            raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
+        check_image_input(x, self.config)
+        g = self.config.grid
         x_t = self.embed(noise_labels, class_labels)
         tokens = (self.patch(x) + self.pos_embed.to(x.dtype)).unflatten(1, (g, g))  # (B, g, g, dim)
         for block in self.blocks:

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from diffbook.config.schema import parse_options
+from diffbook.nets.adm_unet import ADMUNet, ADMUNetConfig, adm_unet_preset
 from diffbook.nets.diffit import DiffiTUNet, DiffiTUNetConfig, diffit_unet_preset
 from diffbook.nets.diffusers_unet import StableDiffusionUNetConfig, load_stable_diffusion_unet
 from diffbook.nets.dit import DiT, DiTConfig, dit_preset
@@ -50,6 +51,7 @@ class NetworkFamily:
 NETWORKS: dict[str, NetworkFamily] = {
     "mlp": NetworkFamily(TimeMLPConfig, None, lambda config: TimeMLP(**dataclasses.asdict(config))),
     "unet": NetworkFamily(UNetConfig, unet_preset, UNet),
+    "adm": NetworkFamily(ADMUNetConfig, adm_unet_preset, ADMUNet),
     "diffit_unet": NetworkFamily(DiffiTUNetConfig, diffit_unet_preset, DiffiTUNet),
     "diffit": NetworkFamily(LatentDiffiTConfig, latent_diffit_preset, LatentDiffiT),
     "dit": NetworkFamily(DiTConfig, dit_preset, DiT),

@@ -25,6 +25,7 @@ class Release:
 RELEASES = {
     "dit": Release("DiT-XL/2", "facebookresearch/DiT", "CC BY-NC 4.0", non_commercial=True),
     "diffit": Release("latent DiffiT", "NVlabs/DiffiT", "NVIDIA Source Code License-NC", non_commercial=True),
+    "bcm": Release("BCM and BCM-deep (ImageNet 64)", "Mosasaur5526/BCM-iCT-torch", "MIT", non_commercial=False),
     "stable_diffusion": Release(
         "Stable Diffusion 2.1-base", "stabilityai/stable-diffusion-2-1-base", "CreativeML Open RAIL++-M", False
     ),

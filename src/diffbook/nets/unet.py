@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffbook.nets.embeddings import ConditionEmbedding, TwoTimeEmbedding, check_embedding
-from diffbook.nets.presets import replace_preset
+from diffbook.nets.presets import check_image_input, replace_preset
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -363,9 +363,7 @@ class UNet(nn.Module):
 
         Returns (B, out_channels, R, R), with R the configured ``resolution``.
         """
-        C, R = self.config.in_channels, self.config.resolution
-        if x.ndim != 4 or tuple(x.shape[1:]) != (C, R, R):
-            raise ValueError(f"expected input of shape (B, {C}, {R}, {R}), got {tuple(x.shape)}")
+        check_image_input(x, self.config)
         emb = self.embed(noise_labels, class_labels)
         x = self.conv_in(channels_last(x))
         skips = [x]

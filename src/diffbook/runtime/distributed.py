@@ -110,6 +110,12 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.rows] * dist.get_world_size()
 
 
+def barrier() -> None:
+    """Wait until every rank gets here; nothing to wait for with one process."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` when there is one rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+from torch import nn
 
 
 class CheckpointError(ValueError):
@@ -32,6 +32,44 @@ def load_torch_file(path: Path, what: str, fix: str, *, mmap: bool = False) -> A
     except Exception as error:  # RuntimeError, EOFError, UnpicklingError or struct.error, by how the file is broken
         reason = f"torch cannot read it: {type(error).__name__}"
         raise CheckpointError(f"{path} is corrupt or not {what} ({reason}); {fix}") from None
+
+
+def load_weights_file(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A released state dict on the CPU: a ``.safetensors`` file (NVlabs' DiffiT weights, say), else a torch file
+    read by :func:`load_torch_file`. A file that cannot be read raises CheckpointError, as there."""
+    if path.suffix != ".safetensors":
+        return load_torch_file(path, what, fix)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as error:
+        raise CheckpointError(f"{path} is corrupt or not {what} (safetensors cannot read it: {error}); {fix}") from None
+
+
+def load_weights(
+    module: nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    path: str | Path,
+    fix: str = "load it with the config it was trained with",
+) -> None:
+    """``module.load_state_dict(weights)``, or one CheckpointError that counts what does not fit and names the
+    first few keys, rather than torch's list of every key; ``fix`` ends it."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    problems = [
+        f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path} holds weights of another model: {'; '.join(problems)} of {len(expected)} keys; {fix}"
+        )
+    module.load_state_dict(weights)
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -82,14 +120,29 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_to_cache(source: str, name: str) -> Path:
+def fetch_to_cache(source: str, name: str, sha256_prefix: str = "") -> Path:
     """Copy ``source`` (a URL, or a file already downloaded) into the cache as ``name``, and record its SHA-256
-    in ``name.sha256`` beside it, which :func:`cached_file` checks before every use."""
+    in ``name.sha256`` beside it, which :func:`cached_file` checks before every use.
+
+    A file whose SHA-256 does not start with ``sha256_prefix`` (a release names its file by it) is refused with a
+    ValueError, and the file cached before, if any, is kept."""
     path = cache_dir() / name
-    opened = urllib.request.urlopen(source) if "://" in source else open(source, "rb")  # noqa: SIM115
-    with opened as stream:
-        write_atomically(path, lambda file: shutil.copyfileobj(stream, file))
-    write_atomically(_digest_path(path), lambda file: file.write(f"{sha256_of(path)}  {name}\n".encode()))
+    digest = hashlib.sha256()
+
+    def copy_checked(file: IO[bytes]) -> None:
+        opened = urllib.request.urlopen(source) if "://" in source else open(source, "rb")  # noqa: SIM115
+        with opened as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+                file.write(chunk)
+        if not digest.hexdigest().startswith(sha256_prefix):
+            raise ValueError(
+                f"{source} has SHA-256 {digest.hexdigest()[:16]}..., not {sha256_prefix}... as {name} has: "
+                "download it again"
+            )
+
+    write_atomically(path, copy_checked)
+    write_atomically(_digest_path(path), lambda file: file.write(f"{digest.hexdigest()}  {name}\n".encode()))
     return path
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from diffbook.runtime.files import CheckpointError, load_torch_file, write_atomically
 
@@ -38,26 +36,6 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
         reason = "it holds no 'model' weights"
         raise CheckpointError(f"{path} is corrupt or not a diffbook checkpoint ({reason}); {_fallback(path)}")
     return state
-
-
-def load_weights(module: nn.Module, weights: Mapping[str, Tensor], path: str | Path) -> None:
-    """``module.load_state_dict(weights)``, or one CheckpointError that counts what does not fit and names the
-    first few keys, rather than torch's list of every key."""
-    expected = module.state_dict()
-    missing = [key for key in expected if key not in weights]
-    unexpected = [key for key in weights if key not in expected]
-    reshaped = [key for key in expected if key in weights and weights[key].shape != expected[key].shape]
-    problems = [
-        f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(
-            f"{path} holds weights of another model: {'; '.join(problems)} of {len(expected)} keys; "
-            "load it with the config it was trained with"
-        )
-    module.load_state_dict(weights)
 
 
 def _fallback(path: Path) -> str:

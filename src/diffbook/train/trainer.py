@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from diffbook.data.grid import save_image_grid
 from diffbook.profiles import seed_everything
 from diffbook.runtime.distributed import all_gather_objects, all_reduce_mean, current_context, wrap_ddp
+from diffbook.runtime.files import load_weights
 from diffbook.runtime.precision import autocast_dtype
 from diffbook.runtime.progress import progress_bar
 from diffbook.train.batches import DataPosition, EpochBatches, per_rank_batch_size, to_device
@@ -36,7 +37,6 @@ from diffbook.train.checkpoint import (
     CheckpointError,
     copy_checkpoint,
     load_checkpoint,
-    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
