@@ -81,8 +81,13 @@ def drop_labels(
     num_classes = int(getattr(model.net, "num_classes", None) or getattr(embed, "num_classes", 0) or 0)
     if num_classes == 0:
         raise ValueError("label_dropout needs a class-conditional network (num_classes > 0)")
-    drop = torch.rand(labels.shape, generator=generator, device=_device(generator, labels)) < probability
-    return torch.where(drop.to(labels.device), torch.full_like(labels, num_classes), labels)
+    drop = dropout_mask(labels.shape[0], probability, generator, labels)
+    return torch.where(drop, torch.full_like(labels, num_classes), labels)
+
+
+def dropout_mask(n: int, probability: float, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """``(n,)`` booleans on ``like``'s device, each True with ``probability``: which conditions to drop."""
+    return (torch.rand(n, generator=generator, device=_device(generator, like)) < probability).to(like.device)
 
 
 def _device(generator: torch.Generator | None, like: Tensor) -> torch.device:
