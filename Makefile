@@ -21,7 +21,7 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book pdf test unit nbtest lint notebooks exercises bench lab clean
+.PHONY: install book pdf test unit nbtest lint notebooks exercises bench gpu-check lab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ exercises: install
 
 bench: install
 	$(BIN)/python -m benchmarks.peers --results benchmarks/RESULTS.md
+
+# One GPU, under 8 minutes: a step of every full-scale config, sampling throughput, peers.py; into RESULTS.md.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check --device cuda --results benchmarks/RESULTS.md
 
 # The kernelspec goes into the environment, and JUPYTER_PATH puts it before any python3 kernel of the user's,
 # so that the notebooks (whose kernel is python3) run where the package is installed.
