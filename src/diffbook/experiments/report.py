@@ -1,5 +1,5 @@
-"""Reading many runs: records grouped into summary rows (mean and spread over seeds), paired intervals between
-two methods on the same seeds, and markdown tables of both."""
+"""Reading many runs: records grouped into summary rows (mean and spread over seeds), and markdown tables of
+them. Paired verdicts between two methods on the same seeds are :mod:`diffbook.experiments.paired`'s."""
 
 from __future__ import annotations
 
@@ -16,19 +16,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(values) == 1:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
-    """The mean of ``a - b`` over paired rows (the same seed, say), the half-width of its Student-t interval at
-    ``level``, and the number of pairs. The interval excludes 0 when the difference is resolved."""
-    from scipy.stats import t  # scikit-learn's dependency, so always there
-
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"a paired interval needs two equal lists of at least 2 values, got {len(a)} and {len(b)}")
-    differences = [x - y for x, y in zip(a, b, strict=True)]
-    mean, std = mean_std(differences)
-    half_width = float(t.ppf(0.5 + level / 2, len(differences) - 1)) * std / math.sqrt(len(differences))
-    return mean, half_width, len(differences)
 
 
 def summarize(
