@@ -6,6 +6,7 @@
 #   make notebooks   re-execute every notebook in the book profile and save outputs (NB=path for one)
 #   make bench       the package against diffusers, torchvision and clean-fid: ratios into benchmarks/RESULTS.md
 #   make exercises   students' copies of the notebooks (solutions stubbed out) in exercises/ (committed)
+#   make students-book  the book without its solutions, for a course to publish: _build/students-src/_build/html
 #   make lab         JupyterLab on notebooks/, its python3 kernel the package's environment
 
 PYTHON ?= python3
@@ -21,7 +22,7 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 export MPLBACKEND ?= Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book pdf test unit nbtest lint notebooks exercises bench gpu-check lab clean
+.PHONY: install book pdf test unit nbtest lint notebooks exercises students-book bench gpu-check lab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +65,12 @@ notebooks: install
 
 exercises: install
 	$(BIN)/python -m diffbook exercises --out exercises
+
+# The students' edition: the same book with every solution stubbed out and its checks' outputs dropped.
+students-book: install
+	$(BIN)/python -m diffbook exercises --book _build/students-src
+	$(BIN)/jupyter-book build _build/students-src --builder html --warningiserror --keep-going
+	@echo "The students' edition: _build/students-src/_build/html/index.html"
 
 bench: install
 	$(BIN)/python -m benchmarks.peers --results benchmarks/RESULTS.md

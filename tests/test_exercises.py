@@ -3,13 +3,15 @@ untouched copies that fail every one, and an instructors' page that lists every 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
-from diffbook.booktools.exercises import CHECK_MARKER, grade, student_copy
+from diffbook.booktools.exercises import BEGIN_SOLUTION, CHECK_MARKER, grade, student_copy
 from diffbook.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +94,26 @@ def test_the_instructors_page_lists_every_exercise_with_time_and_difficulty():
         (path.name[:2], number) for path in NOTEBOOKS for number in range(1, len(_checks(_read(path))) + 1)
     )
     assert listed == expected
+
+
+def test_the_students_edition_hides_every_solution_and_keeps_every_other_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the command copies the book it is run in
+    out = tmp_path / "students"
+    assert main(["exercises", "--book", str(out)]) == 0
+    assert "jupyter-book build" in capsys.readouterr().out
+    assert yaml.safe_load((out / "_config.yml").read_text())["title"].endswith("(students' edition)")
+    assert (out / "_toc.yml").read_text() == (ROOT / "_toc.yml").read_text() and (
+        out / "book" / "notation.md"
+    ).is_file()
+    for path in NOTEBOOKS:
+        chapter, edition = (nbformat.read(p, as_version=4) for p in (path, out / "notebooks" / path.name))
+        assert BEGIN_SOLUTION not in json.dumps(edition.cells), path.name
+        for cell, shown in zip(chapter.cells, edition.cells, strict=True):
+            answers = BEGIN_SOLUTION in cell.source or cell.source.startswith(CHECK_MARKER)
+            assert shown.outputs == [] if answers else shown == cell, path.name
+    (out / "notebooks" / "extra.txt").write_text("left by the last build")
+    assert main(["exercises", "--book", str(out)]) == 0  # its own folder is replaced whole
+    assert not (out / "notebooks" / "extra.txt").exists()
+    (tmp_path / "mine").mkdir()
+    assert main(["exercises", "--book", str(tmp_path / "mine")]) == 2
+    assert "is not a students' book written here" in capsys.readouterr().err

@@ -8,13 +8,17 @@ Exercises are written as solutions between two marker lines::
 
 :func:`student_copy` replaces each marked block by a stub that raises ``NotImplementedError`` and drops every
 output, so that the cell that follows, whose first line is ``# CHECK``, fails until the student has filled it in.
+:func:`write_students_book` writes the book's sources with the same stubs but the other cells' outputs kept: the
+students' edition of the book, which an instructor can publish in place of the one with solutions.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nbformat
+import yaml
 
 from diffbook.booktools.runner import NOTEBOOK_VERSION, expand_notebook_paths, kernel_env, notebook_client
 
@@ -93,6 +97,49 @@ def student_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.outputs = []
         cell.execution_count = None
     return copy
+
+
+def students_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The chapter as the students' edition of the book renders it: each solution stubbed out as in
+    :func:`student_copy`, the outputs of those cells and of their ``# CHECK`` cells dropped (they would show the
+    answer), and every other output, the chapter's figures and tables, kept."""
+    copy, stubbed = nbformat.from_dict(nb), student_copy(nb)
+    for cell, student_cell in zip(copy.cells, stubbed.cells, strict=True):
+        if cell.cell_type == "code" and (cell.source != student_cell.source or cell.source.startswith(CHECK_MARKER)):
+            cell.source, cell.outputs, cell.execution_count = student_cell.source, [], None
+            cell.metadata = student_cell.metadata
+    return copy
+
+
+BOOK_FILES = ("_config.yml", "_toc.yml", "pyproject.toml", "CITATION.cff")  # what jupyter-book and book/_ext read
+BOOK_DIRS = ("book", "notebooks")
+STUDENTS_MARK = ".students-book"  # in a folder this wrote, so that it is the only kind ever replaced
+
+
+def write_students_book(root: str | Path, out: str | Path) -> Path:
+    """Copy the book's sources in ``root`` to ``out``, its chapters as :func:`students_edition` makes them and its
+    title marked as the students' edition; ``jupyter-book build out`` then renders it (``make students-book``).
+
+    Raises:
+        ValueError: if ``out`` exists and was not written by this function (it is replaced otherwise).
+    """
+    root, out = Path(root), Path(out)
+    if out.exists():
+        if not (out / STUDENTS_MARK).is_file():
+            raise ValueError(f"{out} exists and is not a students' book written here: give a new folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / STUDENTS_MARK).touch()
+    for name in BOOK_FILES:
+        shutil.copy2(root / name, out / name)
+    for name in BOOK_DIRS:
+        shutil.copytree(root / name, out / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "_build"))
+    for path in sorted((out / "notebooks").glob("*.ipynb")):
+        nbformat.write(students_edition(nbformat.read(path, as_version=NOTEBOOK_VERSION)), path)
+    config = yaml.safe_load((out / "_config.yml").read_text(encoding="utf-8"))
+    config["title"] = f"{config['title']} (students' edition)"
+    (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return out
 
 
 def write_student_copies(src_dir: str | Path, out_dir: str | Path) -> list[Path]:

@@ -35,8 +35,12 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 
 def _exercises(args: argparse.Namespace) -> int:
-    from diffbook.booktools.exercises import grade, write_student_copies
+    from diffbook.booktools.exercises import grade, write_student_copies, write_students_book
 
+    if args.book:
+        out = write_students_book(".", args.book)
+        print(f"Wrote the students' edition's sources to {out}/: jupyter-book build {out}")
+        return 0
     if not args.check:
         written = write_student_copies(args.src, args.out)
         print(f"Wrote {len(written)} student notebook(s) to {args.out}/")

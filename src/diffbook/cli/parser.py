@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     exercises.add_argument(
         "--check", nargs="+", metavar="NOTEBOOK", help="instead, run these notebooks and grade each exercise"
     )
+    exercises.add_argument(
+        "--book", metavar="DIR", help="instead, the book's sources with the solutions stubbed out, to build"
+    )
     exercises.add_argument("--profile", default="quick", choices=PROFILES, help="the profile --check runs in")
     exercises.set_defaults(run=_exercises)
 
