@@ -1,5 +1,6 @@
 """The book cites nothing a reader cannot open: no private notes, specs or fact files, and every decision label
 it names (S1-S4 and SP1-SP7 on the decisions page, D1-D18 on DiffiT's) is defined on one of the book's pages.
+And every chapter ends with further reading, each work in the bibliography.
 
 Readers see the chapters (their text, code and outputs), the book's pages, the README, the configs (which
 ``python -m diffbook train --dry-run`` prints) and the package's docstrings, so all of them are searched.
@@ -73,3 +74,15 @@ def test_the_checks_catch_what_they_look_for():
 def test_nothing_points_at_material_a_reader_cannot_open(where, text):
     assert not unopenable_phrases(text), f"{where} cites {unopenable_phrases(text)}"
     assert not undefined_labels(text, defined_labels()), f"{where} names undefined decisions"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda path: path.stem)
+def test_every_chapter_ends_with_further_reading_from_the_bibliography(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    lines = [line for cell in cells if cell["cell_type"] == "markdown" for line in "".join(cell["source"]).splitlines()]
+    sections = [re.sub(r"^## (\d+\. )?", "## ", line) for line in lines if line.startswith("## ")]
+    assert sections[-3:] == ["## What to conclude", "## Exercises", "## Further reading"], path.name
+    last = "".join(cells[-1]["source"])
+    cited = set(re.findall(r"\{cite:t\}`([^`]+)`", last))
+    bibliography = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+    assert len(cited) >= 3 and all(f"{{{key}," in bibliography for key in cited), path.name
