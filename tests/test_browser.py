@@ -252,3 +252,23 @@ def test_a_chapter_prints_to_a_pdf_with_its_text_formulas_and_figures(site: str,
     assert figures >= committed_figures(
         ROOT / "notebooks" / SEARCH_PAGE.removeprefix("notebooks/").replace(".html", ".ipynb")
     )
+
+
+def test_the_sampling_animation_plays_in_the_static_book(site: str, browser: object) -> None:
+    visit = PageVisit(browser, urljoin(site, "notebooks/01_foundations.html"))
+    animation = visit.page.locator(".diffbook-animation").first
+    animation.scroll_into_view_if_needed()
+    assert animation.locator("svg").count() == 3
+    dot = animation.locator("svg circle[id]").first
+    label = animation.locator(".diffbook-frame")
+    start, first_label = (dot.get_attribute("cx"), dot.get_attribute("cy")), label.inner_text()
+    assert first_label.startswith("frame 0 of ")
+    animation.locator("button").click()
+    visit.page.wait_for_function(
+        "element => element.textContent !== 'frame 0 of ' + element.textContent.split(' of ')[1]",
+        arg=label.element_handle(),
+    )
+    visit.page.wait_for_timeout(500)
+    assert (dot.get_attribute("cx"), dot.get_attribute("cy")) != start, "the points did not move"
+    assert not visit.errors, visit.errors
+    visit.page.close()
