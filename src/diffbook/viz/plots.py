@@ -1,5 +1,5 @@
 """Figures the chapters share: image grids (tiled by :mod:`diffbook.data.grid`), 2D scatter plots, sampler
-trajectories and vector fields."""
+trajectories, vector fields and the nearest-neighbour balls of precision and recall."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.patches import Circle
 from torch import Tensor
 
 from diffbook.data.grid import image_grid
@@ -53,6 +54,24 @@ def vector_field(ax: Axes, field, lim: float = 3.0, resolution: int = 21, **kwar
         arrows = field(points).cpu()
     ax.quiver(points[:, 0], points[:, 1], arrows[:, 0], arrows[:, 1], angles="xy", **kwargs)
     ax.set_aspect("equal")
+
+
+def knn_balls(ax: Axes, centres: Tensor, radii: Tensor, points: Tensor, title: str | None = None) -> Tensor:
+    """Draw the balls of ``centres: (N, 2)`` with ``radii: (N,)``, and ``points: (M, 2)``, green where a point is
+    inside some ball and red where it is in none; returns those flags, ``(M,)`` bool.
+
+    With the real points' balls and the samples as points the share inside is precision; with the samples' balls
+    and the real points, recall (strictly inside, as :func:`diffbook.metrics.prdc` counts them).
+    """
+    inside = (torch.cdist(points.double(), centres.double()) < radii.double()).any(dim=1)
+    for (x, y), r in zip(centres.tolist(), radii.tolist(), strict=True):
+        ax.add_patch(Circle((x, y), r, facecolor="0.85", edgecolor="0.6", alpha=0.5, lw=0.5))
+    ax.scatter(centres[:, 0], centres[:, 1], s=6, color="0.3", zorder=3)
+    ax.scatter(points[:, 0], points[:, 1], s=14, c=np.where(inside.numpy(), "C2", "C3"), marker="x", zorder=4)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return inside
 
 
 def new_figure(ncols: int, nrows: int = 1, size: float = 2.6, **kwargs) -> tuple[plt.Figure, np.ndarray]:

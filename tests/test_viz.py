@@ -1,5 +1,6 @@
-"""The sampler-path animation: its data are the trajectories themselves, paths of different lengths play in
-step, and bad input is a clear error. That it plays in the built book is tested in test_browser."""
+"""The chapters' figures that compute something: the sampler-path animation (its data are the trajectories
+themselves, paths of different lengths play in step, bad input is a clear error; that it plays in the built book is
+test_browser's) and the nearest-neighbour balls, which count precision and recall as the metric does."""
 
 from __future__ import annotations
 
@@ -59,3 +60,22 @@ def test_bad_paths_are_clear_errors():
         animate_paths({"a": _trajectory(1, 0)})
     with pytest.raises(ValueError, match=r"must be \(B, 2\)"):
         animate_paths({"a": [torch.zeros(4, 3), torch.zeros(4, 3)]})
+
+
+def test_the_balls_drawn_count_precision_and_recall_as_prdc_does():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from diffbook.metrics import prdc
+    from diffbook.metrics.prdc import neighbour_balls
+    from diffbook.viz.plots import knn_balls, new_figure
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(40, 2, generator=generator), 1.5 * torch.randn(30, 2, generator=generator)
+    _, _, real_radii, fake_radii = neighbour_balls(real, fake, 3, 2**20)
+    _, axes = new_figure(2)
+    precision = knn_balls(axes[0, 0], real, real_radii, fake).double().mean().item()
+    recall = knn_balls(axes[0, 1], fake, fake_radii, real).double().mean().item()
+    scores = prdc(real, fake, k=3)
+    assert (precision, recall) == pytest.approx((scores["precision"], scores["recall"]))
+    assert len(axes[0, 0].patches) == 40 and 0 < precision < 1
