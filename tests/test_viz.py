@@ -79,3 +79,25 @@ def test_the_balls_drawn_count_precision_and_recall_as_prdc_does():
     scores = prdc(real, fake, k=3)
     assert (precision, recall) == pytest.approx((scores["precision"], scores["recall"]))
     assert len(axes[0, 0].patches) == 40 and 0 < precision < 1
+
+
+def test_the_moving_parts_place_every_paper_under_the_parts_it_changes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffbook.viz.schematics import PAPER_PARTS, PARTS, draw_moving_parts
+
+    _, ax = plt.subplots()
+    under = draw_moving_parts(ax)
+    assert list(under) == list(PARTS) == ["process", "network", "objective", "sampler"]
+    assert under["objective"] == ["Iso-Diffusion", "BCM", "self-perceptual", "SADM"] and under["network"] == [
+        "BCM",
+        "DiffiT",
+    ]
+    assert {paper for papers in under.values() for paper in papers} == set(PAPER_PARTS)
+    texts = [text.get_text() for text in ax.texts]
+    assert all(part in texts for part in PARTS) and "Iso-Diffusion\nBCM\nself-perceptual\nSADM" in texts
+    assert len(ax.patches) == 2 * len(PARTS) - 1  # four boxes, three arrows
+    plt.close("all")
