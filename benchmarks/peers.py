@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from benchmarks.perf import describe_device
+from benchmarks.perf.results import write_marked_section
 from benchmarks.perf.suite import SCALES, SECTIONS, Row, Settings, run
 
 COLUMNS = "| comparison | setting | ours | peer | unit | ours/peer | target | met |"
@@ -67,12 +67,7 @@ def section_key(settings: Settings, scale: str, sections: list[str]) -> str:
 
 def write_section(path: Path, key: str, text: str) -> None:
     """Replace (or append) the block between this key's markers in ``path``."""
-    begin, end = f"<!-- peers.py {key} -->", f"<!-- end peers.py {key} -->"
-    block = f"{begin}\n{text}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
+    write_marked_section(path, f"peers.py {key}", text)
 
 
 def main() -> None:
