@@ -84,6 +84,18 @@ class EmbeddingMLP(nn.Sequential):
         super().__init__(nn.Linear(in_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
 
+def add_class_row(emb: Tensor, table: nn.Embedding | None, num_classes: int, class_labels: Tensor | None) -> Tensor:
+    """``emb: (B, D)`` plus the row of ``table`` for each class, the null class (row ``num_classes``, guidance's
+    unconditional branch) where ``class_labels`` is None; ``emb`` itself for a network built without classes."""
+    if table is None:
+        if class_labels is not None:
+            raise ValueError("class_labels given to a network built with num_classes=0")
+        return emb
+    if class_labels is None:
+        class_labels = torch.full(emb.shape[:1], num_classes, dtype=torch.long, device=emb.device)
+    return emb + table(class_labels)
+
+
 class ConditionEmbedding(nn.Module):
     """Noise label and optional class label -> one conditioning vector per example.
 
@@ -109,14 +121,7 @@ class ConditionEmbedding(nn.Module):
 
     def features(self, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """The noise features plus the class row: noise_labels (B,), class_labels (B,) or None -> (B, dim)."""
-        emb = self.noise(noise_labels)
-        if self.label is not None:
-            if class_labels is None:
-                class_labels = torch.full_like(noise_labels, self.num_classes, dtype=torch.long)
-            emb = emb + self.label(class_labels)
-        elif class_labels is not None:
-            raise ValueError("class_labels given to a network built with num_classes=0")
-        return emb
+        return add_class_row(self.noise(noise_labels), self.label, self.num_classes, class_labels)
 
 
 class TwoTimeEmbedding(nn.Module):
@@ -153,13 +158,7 @@ class TwoTimeEmbedding(nn.Module):
         emb_t = self.mlp(self.noise(t_labels))
         emb_u = self.mlp_u(self.noise(u_labels))
         emb = self.merge(torch.cat([emb_t, emb_u], dim=1))
-        if self.label is not None:
-            if class_labels is None:
-                class_labels = torch.full_like(t_labels, self.num_classes, dtype=torch.long)
-            emb = emb + self.label(class_labels)
-        elif class_labels is not None:
-            raise ValueError("class_labels given to a network built with num_classes=0")
-        return F.silu(emb)
+        return F.silu(add_class_row(emb, self.label, self.num_classes, class_labels))
 
     @torch.no_grad()
     def init_from_single_time(self) -> None:
